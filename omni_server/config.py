@@ -1,0 +1,164 @@
+"""One frozen settings object, filled from defaults, a TOML file, `OMNI_*` variables and flags, in that order.
+
+Each field documents itself (`help`), so `--help`, the start-up print-out and docs come from one place.
+Built once in `__main__` and passed down explicitly: no globals.
+
+Must not import: torch, the engine, sockets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+SECRET_FIELDS = frozenset({"token"})
+
+
+def _opt(default: Any, help: str, *, flag: bool = True) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Serving.
+    host: str = _opt("0.0.0.0", "Address to listen on (0.0.0.0: this machine's every address, for phones on the LAN).")
+    port: int = _opt(8443, "Port for the page, the realtime API and health/metrics, all on https.")
+    tls: bool = _opt(True, "Serve https/wss. Browsers only give camera and microphone to secure pages.")
+    cert: str | None = _opt(None, "TLS certificate (PEM). Default: a self-signed one made in --ssl-dir.")
+    key: str | None = _opt(None, "TLS private key (PEM) for --cert.")
+    ssl_dir: str = _opt(str(PACKAGE_ROOT / "ssl"), "Where the self-signed certificate is kept.")
+    token: str | None = _opt(None, "Access token required on every connection. Default: a random one per start.")
+    no_auth: bool = _opt(False, "Switch the access token off. Anyone who can reach the port can use the model.")
+    web_root: str = _opt(str(PACKAGE_ROOT / "web_client"), "Directory of the browser client.")
+    # Engine.
+    engine: str = _opt("auto", "auto (MiniCPM-o on a CUDA GPU, else tiny), minicpmo, or tiny.")
+    model: str = _opt("openbmb/MiniCPM-o-2_6", "Hub id or local directory of MiniCPM-o 2.6.")
+    device: str = _opt("cuda", "Device for the real model: cuda, mps or cpu.")
+    dtype: str = _opt("bf16", "Weights dtype for the real model: bf16, fp16 or fp32.")
+    engine_cost: str = _opt("none", "Tiny engine only: emulate the real model's speed (minicpmo-2.6, or k=v,...).")
+    seed: int = _opt(0, "Tiny engine weight and sampling seed.")
+    warm_up: bool = _opt(True, "Run one prefill and a short reply before saying ready.")
+    # Conversations.
+    max_sessions: int = _opt(8, "Concurrent calls one model serves; more callers wait in the queue.")
+    max_queue: int = _opt(16, "Callers allowed to wait; beyond that new calls are refused.")
+    max_new_tokens: int = _opt(256, "Longest reply, in LLM tokens.")
+    max_context_tokens: int = _opt(8192, "Context the model was trained to; older turns are dropped beyond it.")
+    max_call_s: float = _opt(1800.0, "Longest call, in seconds.")
+    idle_timeout_s: float = _opt(120.0, "A call that sends no audio for this long is closed.")
+    # Turn-taking (silero-vad).
+    vad_threshold: float = _opt(0.5, "Speech probability that counts as speech.")
+    vad_silence_ms: int = _opt(500, "Silence that ends the user's turn.")
+    vad_min_speech_ms: int = _opt(200, "Speech shorter than this is ignored (clicks, coughs).")
+    preroll_ms: int = _opt(500, "Audio kept from before speech starts, so the first syllable is not lost.")
+    barge_in: bool = _opt(True, "Let the user interrupt a reply by speaking.")
+    # Limits on what clients send.
+    max_message_bytes: int = _opt(8 * 1024 * 1024, "Largest WebSocket message.")
+    max_append_s: float = _opt(5.0, "Most audio one input.append may carry, in seconds.")
+    max_frame_bytes: int = _opt(2 * 1024 * 1024, "Largest camera frame (JPEG bytes).")
+    max_frame_pixels: int = _opt(4096 * 2304, "Largest camera frame (pixels).")
+    # Logs.
+    log_level: str = _opt("info", "debug, info, warning or error.")
+    log_json: bool = _opt(False, "Log one JSON object per line.")
+    config: str | None = _opt(None, "A TOML file with any of these settings (keys as here, with underscores).")
+
+    def describe(self) -> list[str]:
+        """`name = value` lines for the start-up print-out, secrets masked."""
+        lines = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS and value:
+                value = "****"
+            lines.append(f"{f.name} = {value!r}")
+        return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omni-server",
+        description="Real-time voice and video assistant on MiniCPM-o 2.6. Every option can also be set as "
+        "OMNI_<NAME> in the environment or in a TOML file given with --config.",
+    )
+    for f in dataclasses.fields(Settings):
+        name = "--" + f.name.replace("_", "-")
+        kind = _kind(f)
+        if kind is bool:
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
+        else:
+            parser.add_argument(name, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default})")
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the TOML file, then `OMNI_*` variables, then flags."""
+    environ = os.environ if environ is None else environ
+    args = vars(build_parser().parse_args(argv))
+    config_path = args.get("config") or environ.get("OMNI_CONFIG")
+    values: dict[str, Any] = {}
+    if config_path:
+        values.update(_from_toml(Path(config_path)))
+    for f in dataclasses.fields(Settings):
+        env = environ.get("OMNI_" + f.name.upper())
+        if env is not None:
+            values[f.name] = _coerce(f, env, source=f"OMNI_{f.name.upper()}")
+    values.update({k: v for k, v in args.items() if v is not None})
+    return _validated(Settings(**values))
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SystemExit(f"Cannot read config file {path}: {e}") from e
+    names = {f.name: f for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise SystemExit(f"Unknown settings in {path}: {', '.join(unknown)}")
+    return {k: _coerce(names[k], v, source=str(path)) for k, v in data.items()}
+
+
+def _kind(f: dataclasses.Field[Any]) -> type:
+    text = str(f.type)
+    for kind in (bool, int, float):
+        if text.startswith(kind.__name__):
+            return kind
+    return str
+
+
+def _coerce(f: dataclasses.Field[Any], value: Any, *, source: str) -> Any:
+    kind = _kind(f)
+    try:
+        if kind is bool and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(value)
+            return lowered in ("1", "true", "yes", "on")
+        return kind(value)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"{source}: {f.name} must be a {kind.__name__}, got {value!r}") from e
+
+
+def _validated(s: Settings) -> Settings:
+    checks = [
+        (s.engine in ("auto", "minicpmo", "tiny"), "engine must be auto, minicpmo or tiny"),
+        (s.device in ("cuda", "mps", "cpu"), "device must be cuda, mps or cpu"),
+        (s.dtype in ("bf16", "fp16", "fp32"), "dtype must be bf16, fp16 or fp32"),
+        (0 < s.port < 65536 or s.port == 0, "port must be 0..65535"),
+        (s.max_sessions >= 1 and s.max_queue >= 0, "max_sessions must be >= 1 and max_queue >= 0"),
+        (0.0 < s.vad_threshold < 1.0, "vad_threshold must be between 0 and 1"),
+        (s.vad_silence_ms >= 100, "vad_silence_ms must be at least 100"),
+        (1024 <= s.max_context_tokens, "max_context_tokens must be at least 1024"),
+        (16 <= s.max_new_tokens < s.max_context_tokens // 2, "max_new_tokens must be 16..max_context_tokens/2"),
+        ((s.cert is None) == (s.key is None), "--cert and --key go together"),
+        (s.log_level in ("debug", "info", "warning", "error"), "log_level must be debug, info, warning or error"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise SystemExit(f"Invalid settings: {message}.")
+    return s

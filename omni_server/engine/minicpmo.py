@@ -1,0 +1,75 @@
+"""The real engine: MiniCPM-o 2.6 from the hub or a local directory, with its remote code.
+
+Its remote code needs transformers 4.44.x (4.48 breaks its TTS, 4.49 fails at import) and hard-codes
+CUDA in a few TTS lines, so loading checks both and says plainly what is wrong instead of failing deep
+inside the model. A local directory (or a warm hub cache with `HF_HUB_OFFLINE=1`) works offline; it
+needs the snapshot's `assets/` folder (chattts_tokenizer, Vocos.pt) for `init_tts()`.
+
+Must not import: sockets, websockets, aiortc, omni_server.session, omni_server.transport.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omni_server.engine.base import Engine, EngineInfo
+from omni_server.errors import EngineError
+
+logger = logging.getLogger(__name__)
+DEFAULT_MODEL = "openbmb/MiniCPM-o-2_6"
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def check_environment(model: str, device: str) -> None:
+    """Refuse early, with a clear message, what the model's remote code cannot run on."""
+    import torch
+    import transformers
+
+    version = tuple(int(p) for p in transformers.__version__.split(".")[:2])
+    if version != (4, 44):
+        raise EngineError(
+            f"MiniCPM-o 2.6's code needs transformers 4.44.x, found {transformers.__version__}: "
+            "run `pip install -r requirements_o2.6.txt` (4.48 breaks its speech output, 4.49 fails at import)."
+        )
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EngineError("No CUDA GPU is visible. Use --engine tiny to try the server without one.")
+    if device != "cuda":
+        raise EngineError(
+            f"MiniCPM-o 2.6's speech output hard-codes CUDA in its TTS code, so it cannot stream speech on "
+            f"{device!r}. Run it on a CUDA GPU, or use --engine tiny."
+        )
+    local = Path(model)
+    if local.exists():
+        missing = [p for p in ("assets/Vocos.pt", "assets/chattts_tokenizer") if not (local / p).exists()]
+        if missing:
+            raise EngineError(f"{model} lacks {', '.join(missing)} from the model snapshot; speech output needs them.")
+
+
+def load_minicpmo(model: str = DEFAULT_MODEL, *, device: str = "cuda", dtype: str = "bf16") -> Engine:
+    """Load MiniCPM-o 2.6 ready to stream (downloads with progress bars on first use)."""
+    check_environment(model, device)
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    torch_dtype = getattr(torch, _DTYPES[dtype])
+    if device == "cuda":
+        free, total = torch.cuda.mem_get_info()
+        if free < 19 * 2**30 and dtype != "fp32":
+            logger.warning(
+                "only %.1f of %.1f GiB GPU memory free; the model needs about 19 GiB", free / 2**30, total / 2**30
+            )
+    try:
+        llm: Any = AutoModel.from_pretrained(
+            model, trust_remote_code=True, attn_implementation="sdpa", torch_dtype=torch_dtype
+        )
+        llm = llm.eval().to(device)
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
+        llm.init_tts()
+    except torch.cuda.OutOfMemoryError as e:
+        raise EngineError("Not enough GPU memory to load MiniCPM-o 2.6 (about 19 GiB in bf16).") from e
+    except ImportError as e:
+        raise EngineError(f"MiniCPM-o 2.6's code could not import: {e}. Check requirements_o2.6.txt.") from e
+    info = EngineInfo(name="minicpm-o-2.6", model=model, device=device, dtype=dtype, replies_are_noise=False)
+    return Engine(model=llm, tokenizer=tokenizer, info=info)

@@ -1,0 +1,287 @@
+"""The one thread that owns the model, and the conversations it holds.
+
+Every model call runs here; the asyncio loop only awaits futures. MiniCPM-o keeps one conversation's
+streaming state on the model object (`STATE_ATTRS`), so before each call the worker swaps the calling
+conversation's state in (references only: the KV cache is never copied) and the previous owner's out.
+That lets one loaded model serve several conversations, interleaved call by call — including between
+the output chunks of a reply, because a reply is pulled one `next()` at a time.
+
+Scheduling is earliest-deadline-first: each job carries the time by which it should finish (a prefill
+before the next unit arrives, a reply chunk before the listener runs out of audio), so short prefills
+and urgent first chunks overtake chunks for listeners who are still well supplied, and since deadlines
+are absolute times, nobody starves.
+
+Must not import: sockets, websockets, aiortc, omni_server.session, omni_server.transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from omni_server.engine.base import (
+    INPUT_SAMPLE_RATE_HZ,
+    Engine,
+    OmniModel,
+    OutputChunk,
+    context_tokens,
+    to_output_chunk,
+)
+from omni_server.errors import EngineError
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+_END = object()
+
+
+@dataclass(eq=False)
+class Conversation:
+    """One conversation's place on the model: its MiniCPM-o `session_id` and its swapped-out state."""
+
+    id: str
+    state: dict[str, Any] | None = None  # None: live on the model, or never started
+    started: bool = False
+    closed: bool = False
+    compute_s: float = 0.0  # model time spent on this conversation so far
+    context_tokens: int = 0  # LLM KV length after the last call
+
+
+@dataclass(order=True)
+class _Job:
+    deadline: float
+    seq: int
+    conv: Conversation = field(compare=False)
+    fn: Callable[[OmniModel], Any] = field(compare=False)
+    future: asyncio.Future[Any] = field(compare=False)
+    loop: asyncio.AbstractEventLoop = field(compare=False)
+
+
+class EngineWorker:
+    """Runs model calls for many conversations on one thread, with their state swapped in."""
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self._clock = clock
+        self._jobs: list[_Job] = []
+        self._seq = itertools.count()
+        self._cv = threading.Condition()
+        self._active: Conversation | None = None
+        self._stopping = False
+        self.busy_s = 0.0  # total model time, for utilisation metrics
+        self._thread = threading.Thread(target=self._run_loop, name="engine-worker", daemon=True)
+        self._thread.start()
+
+    # ---- asyncio side ------------------------------------------------------------------------------
+
+    def open(self, conversation_id: str) -> Conversation:
+        return Conversation(id=conversation_id)
+
+    async def run(
+        self,
+        conv: Conversation,
+        fn: Callable[[OmniModel], T],
+        *,
+        deadline: float | None = None,
+    ) -> T:
+        """Run `fn(model)` on the worker thread with `conv`'s state swapped in."""
+        if conv.closed:
+            raise EngineError("This conversation has already ended.")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        job = _Job(
+            self._clock() if deadline is None else deadline,
+            next(self._seq),
+            conv,
+            fn,
+            future,
+            loop,
+        )
+        with self._cv:
+            if self._stopping:
+                raise EngineError("The engine is shutting down.")
+            heapq.heappush(self._jobs, job)
+            self._cv.notify()
+        return await future  # cancelling the await marks the future; the worker skips it
+
+    async def prefill(
+        self,
+        conv: Conversation,
+        msgs: list[dict[str, Any]],
+        *,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> int:
+        """`streaming_prefill` one message; returns the context length afterwards."""
+        tokenizer = self.engine.tokenizer
+
+        def call(model: OmniModel) -> int:
+            model.streaming_prefill(conv.id, msgs, tokenizer, **kwargs)
+            return context_tokens(model)
+
+        return await self.run(conv, call, deadline=deadline)
+
+    async def reply(self, conv: Conversation, **kwargs: Any) -> ReplyStream:
+        """Start `streaming_generate`; the returned stream pulls chunks one call at a time."""
+        tokenizer = self.engine.tokenizer
+        gen = await self.run(
+            conv,
+            lambda model: iter(model.streaming_generate(conv.id, tokenizer, **kwargs)),
+        )
+        return ReplyStream(self, conv, gen)
+
+    async def release(self, conv: Conversation) -> None:
+        """Forget a conversation: its KV cache is dropped at once."""
+        if conv.closed:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def drop(model: OmniModel) -> None:
+            if self._active is conv:
+                model.reset_session()
+                self._active = None
+            conv.state = None
+
+        job = _Job(float("-inf"), next(self._seq), conv, drop, future, loop)
+        with self._cv:
+            if self._stopping:
+                conv.closed = True
+                return
+            heapq.heappush(self._jobs, job)
+            self._cv.notify()
+        try:
+            await asyncio.shield(future)
+        finally:
+            conv.closed = True
+
+    async def warm_up(self) -> None:
+        """One prefill and a short reply before serving, to absorb first-call stalls."""
+        conv = self.open("warm-up")
+        tokenizer = self.engine.tokenizer
+        silence = np.zeros(INPUT_SAMPLE_RATE_HZ, np.float32)
+
+        def call(m: OmniModel) -> None:
+            m.streaming_prefill(conv.id, [m.get_sys_prompt(mode="omni", language="en")], tokenizer)
+            m.streaming_prefill(conv.id, [{"role": "user", "content": [silence]}], tokenizer)
+            for _ in itertools.islice(m.streaming_generate(conv.id, tokenizer, max_new_tokens=12), 3):
+                pass
+
+        await self.run(conv, call)
+        await self.release(conv)
+
+    def close(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout=10)
+
+    # ---- worker thread -----------------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._jobs and not self._stopping:
+                    self._cv.wait()
+                if self._stopping and not self._jobs:
+                    return
+                job = heapq.heappop(self._jobs)
+            if job.future.cancelled():
+                continue
+            try:
+                result: Any = self._call_direct(job.conv, job.fn, self.engine.model)
+            except BaseException as e:  # delivered to the awaiting session, which ends itself
+                job.loop.call_soon_threadsafe(_deliver_error, job.future, e)
+            else:
+                job.loop.call_soon_threadsafe(_deliver, job.future, result)
+
+    def _call_direct(self, conv: Conversation, fn: Callable[[OmniModel], Any], model: OmniModel) -> Any:
+        self._swap_in(conv, model)
+        start = time.perf_counter()
+        try:
+            return fn(model)
+        finally:
+            elapsed = time.perf_counter() - start
+            conv.compute_s += elapsed
+            self.busy_s += elapsed
+            conv.context_tokens = context_tokens(model) if self._active is conv else 0
+
+    def _swap_in(self, conv: Conversation, model: OmniModel) -> None:
+        if self._active is conv:
+            return
+        attrs = self.engine.state_attrs
+        if self._active is not None:
+            self._active.state = {name: getattr(model, name) for name in attrs}
+        if conv.state is None:
+            model.reset_session()  # a new conversation starts from nothing
+        else:
+            for name, value in conv.state.items():
+                setattr(model, name, value)
+            conv.state = None  # live on the model now; no second reference to keep
+        self._active = conv
+
+
+class ReplyStream:
+    """A reply being generated: pull chunks with `next()`, drop it with `close()` (barge-in)."""
+
+    def __init__(self, worker: EngineWorker, conv: Conversation, gen: Iterator[Any]) -> None:
+        self._worker, self._conv, self._gen = worker, conv, gen
+        self.finished = False
+
+    async def next(self, *, deadline: float | None = None) -> OutputChunk | None:
+        """The next chunk, or None when the model has finished the reply."""
+        if self.finished:
+            return None
+        gen = self._gen
+
+        def step(_: OmniModel) -> Any:
+            item = next(gen, _END)
+            return _END if item is _END else to_output_chunk(item)
+
+        item = await self._worker.run(self._conv, step, deadline=deadline)
+        if item is _END:
+            self.finished = True
+            return None
+        chunk: OutputChunk = item
+        return chunk
+
+    async def close(self) -> None:
+        """Abandon the reply. The generator is closed on the worker thread and never resumed."""
+        if self.finished:
+            return
+        self.finished = True
+        gen = self._gen
+        if self._conv.closed:
+            return
+
+        def stop(_: OmniModel) -> None:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
+
+        await self._worker.run(self._conv, stop, deadline=float("-inf"))
+
+
+def _deliver(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.cancelled():
+        future.set_result(result)
+
+
+def _deliver_error(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if future.cancelled():
+        return
+    if isinstance(exc, EngineError):
+        future.set_exception(exc)
+        return
+    logger.error("model call failed", exc_info=exc)
+    err = EngineError("The model failed while serving this session.")
+    err.__cause__ = exc
+    future.set_exception(err)

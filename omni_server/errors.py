@@ -1,0 +1,65 @@
+"""Errors the server raises on purpose, and how each one reaches a user.
+
+    OmniError                      base; `code` is the wire code, `message` is safe to show a user
+    ├── ProtocolError              a client frame we cannot accept; the session goes on
+    │   ├── InvalidAudio           bad base64, wrong size, non-finite samples
+    │   ├── InvalidImage           undecodable or oversized camera frame
+    │   └── PayloadTooLarge        a message or a field over its limit
+    ├── SessionRefused             no session was made (auth, queue full, shutting down)
+    ├── SessionEnded               a server-side limit ended a live session (duration, idle, ...)
+    └── EngineError                the model failed while serving one session; that session ends
+
+One function, `error_payload`, turns any exception into the `{code, message}` pair a client sees;
+anything that is not an `OmniError` becomes `internal_error` with no internals in the message.
+"""
+
+from __future__ import annotations
+
+
+class OmniError(Exception):
+    """Base class: `code` goes on the wire, `message` is written for the person using the client."""
+
+    code = "server_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ProtocolError(OmniError):
+    code = "invalid_request"
+
+
+class InvalidAudio(ProtocolError):
+    code = "invalid_audio"
+
+
+class InvalidImage(ProtocolError):
+    code = "invalid_image"
+
+
+class PayloadTooLarge(ProtocolError):
+    code = "payload_too_large"
+
+
+class SessionRefused(OmniError):
+    code = "session_refused"
+
+
+class SessionEnded(OmniError):
+    """A limit ended the session; `code` doubles as the `session.closed` reason."""
+
+    code = "session_ended"
+
+
+class EngineError(OmniError):
+    code = "engine_error"
+
+
+def error_payload(exc: BaseException) -> dict[str, str]:
+    """The `{code, message}` a client sees for `exc`; never leaks internals."""
+    if isinstance(exc, OmniError):
+        return {"code": exc.code, "message": exc.message}
+    return {"code": "internal_error", "message": "The server hit an unexpected error; details are in its log."}

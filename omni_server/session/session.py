@@ -1,0 +1,406 @@
+"""One call: its turns, its 1-second units, its replies, its limits.
+
+Audio arrives in pieces of any size; silero-vad and `TurnDetector` decide when the user speaks. While
+nobody speaks nothing is prefilled (idle seconds must not eat the context): the last `preroll_ms` of
+audio are kept in a ring buffer, and when speech starts they open the turn, so its first syllable is
+kept. During a turn every completed 1-second unit (`[audio]`, or `["<unit>", frame, audio]` in a video
+call) is prefilled at once, so at the end of the turn only the partial last unit is left to prefill
+before `streaming_generate` starts. Every output chunk is sent the moment it exists.
+
+Barge-in: speech during a reply (or the client's `force_listen`) abandons the reply generator, which
+the model marks with `<|tts_eos|>` at the next prefill, and tells the client to drop queued audio.
+
+Context: MiniCPM-o was trained to 8192 tokens and never truncates its cache. When the next unit plus a
+reply would not fit, the call rolls over to a fresh model conversation: the system prompt (and so the
+reference voice) is prefilled again, and the assistant's last replies go in as a short text note.
+
+Must not import: websockets, aiortc, torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, OUTPUT_SAMPLE_RATE_HZ, EngineInfo
+from omni_server.engine.worker import Conversation, EngineWorker, ReplyStream
+from omni_server.errors import OmniError, ProtocolError, SessionEnded
+from omni_server.media.vad import SileroVadModel, VadStream
+from omni_server.session.turns import SpeechStarted, SpeechStopped, TurnConfig, TurnDetector
+from omni_server.session.units import PreRoll, UnitCutter
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[..., Awaitable[None]]  # send(event_type, **fields)
+Samples = npt.NDArray[np.float32]
+_VOICE_MODES = {"assistant": "audio_assistant", "roleplay": "audio_roleplay", "voice_cloning": "voice_cloning"}
+_MEMORY_NOTE = {
+    "en": "(Earlier in this call, which was too long to keep in full, you said: {text})",
+    "zh": "（本次通话较长，之前的内容已省略。你之前说过：{text}）",
+}
+
+
+@dataclass(frozen=True)
+class CallConfig:
+    """Everything one call needs, resolved from server settings and the client's `session.init`."""
+
+    video: bool = False
+    conversation_mode: str = "assistant"  # assistant | roleplay | voice_cloning
+    language: str = "en"
+    instructions: str | None = None
+    ref_audio: Samples | None = None
+    max_new_tokens: int = 256
+    temperature: float | None = None
+    tts_enabled: bool = True
+    max_slice_nums: int | None = None
+    turn_detection: bool = True
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    barge_in: bool = True
+    preroll_ms: int = 500
+    max_context_tokens: int = 8192
+    max_call_s: float = 1800.0
+    idle_timeout_s: float = 120.0
+    max_pending_audio_s: float = 30.0
+
+    def model_mode(self) -> str:
+        return "omni" if self.video and self.conversation_mode == "assistant" else _VOICE_MODES[self.conversation_mode]
+
+
+@dataclass
+class TurnStats:
+    """Timings of one turn, sent with `response.done` and kept for metrics."""
+
+    speech_end_at: float = 0.0  # when the turn detector ended the user's turn
+    reply_start_at: float = 0.0  # when streaming_generate was called
+    first_audio_at: float | None = None
+    compute_start_s: float = 0.0
+    audio_s: float = 0.0
+
+    def as_dict(self, compute_s: float) -> dict[str, Any]:
+        first = None if self.first_audio_at is None else round((self.first_audio_at - self.speech_end_at) * 1000, 1)
+        return {
+            "end_of_turn_to_first_audio_ms": first,
+            "prefill_tail_ms": round((self.reply_start_at - self.speech_end_at) * 1000, 1),
+            "engine_ms": round((compute_s - self.compute_start_s) * 1000, 1),
+            "audio_s": round(self.audio_s, 3),
+        }
+
+
+class CallSession:
+    """The state of one call; `run()` drives it until a limit, the client or an error ends it."""
+
+    def __init__(
+        self,
+        call_id: str,
+        worker: EngineWorker,
+        config: CallConfig,
+        send: Send,
+        vad_model: SileroVadModel,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.id = call_id
+        self._worker = worker
+        self.config = config
+        self._send = send
+        self._clock = clock
+        self._vad = VadStream(vad_model)
+        self._turns = TurnDetector(config.turn)
+        self._preroll = PreRoll(config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000)
+        self._cutter = UnitCutter(INPUT_SAMPLE_RATE_HZ)
+        self._inbox: asyncio.Queue[Samples | str] = asyncio.Queue()
+        self._pending_samples = 0
+        self._frame: Image.Image | None = None
+        self._in_turn = not config.turn_detection  # manual turn-taking: every sample belongs to a turn
+        self._conv_index = itertools.count()
+        self._conv = worker.open(self._next_conv_id())
+        self._reply_task: asyncio.Task[None] | None = None
+        self._replies: deque[str] = deque(maxlen=3)  # recent reply texts, for a context roll-over
+        self._unit_tokens = 100  # estimate, refined by each prefill
+        self._tg: asyncio.TaskGroup | None = None
+        self.started_at = clock()
+        self.turns: list[dict[str, Any]] = []
+        self.usage = {"input_tokens": 0, "output_tokens": 0, "audio_tokens": 0, "vision_tokens": 0}
+        self.late_units = 0
+        self.client_underruns = 0  # as the client's player reports them
+
+    # ---- called by the transport -------------------------------------------------------------------
+
+    def push_audio(self, samples: Samples) -> None:
+        """Queue 16 kHz float32 audio; refuses input far ahead of what the model has consumed."""
+        limit = int(self.config.max_pending_audio_s * INPUT_SAMPLE_RATE_HZ)
+        if self._pending_samples + len(samples) > limit:
+            raise ProtocolError(
+                "Audio is arriving much faster than real time; this piece was dropped.", code="input_overflow"
+            )
+        self._pending_samples += len(samples)
+        self._inbox.put_nowait(samples)
+
+    def push_frame(self, image: Image.Image) -> None:
+        """Keep only the latest camera frame; each unit takes the one current when it completes."""
+        self._frame = image
+
+    def force_listen(self) -> None:
+        self._inbox.put_nowait("force_listen")
+
+    def commit(self) -> None:
+        """End the user's turn now (manual turn-taking)."""
+        self._inbox.put_nowait("commit")
+
+    def close(self, reason: str = "stopped") -> None:
+        self._inbox.put_nowait("close:" + reason)
+
+    # ---- life cycle -------------------------------------------------------------------------------
+
+    async def release(self) -> None:
+        """Free the model conversation (for a call that ends before `run`)."""
+        await self._worker.release(self._conv)
+
+    async def start(self) -> None:
+        """Prefill the system prompt of a fresh conversation."""
+        await self._prefill_system_prompt()
+
+    async def run(self) -> str:
+        """Serve the call; returns the `session.closed` reason."""
+        reason = "stopped"
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                tg.create_task(self._input_loop(), name=f"{self.id}-input")
+                tg.create_task(self._duration_limit(), name=f"{self.id}-limit")
+        except* SessionEnded as group:
+            reason = group.exceptions[0].code
+        except* OmniError as group:
+            failure = group.exceptions[0]
+            assert isinstance(failure, OmniError)
+            logger.warning("session failed: %s", failure.code, extra={"session_id": self.id})
+            await self._send("error", error=error_fields(failure))
+            reason = "error"
+        finally:
+            await self._worker.release(self._conv)
+        return reason
+
+    async def _duration_limit(self) -> None:
+        await asyncio.sleep(self.config.max_call_s)
+        raise SessionEnded("The call reached its maximum duration.", code="max_duration")
+
+    async def _input_loop(self) -> None:
+        while True:
+            try:
+                item = await asyncio.wait_for(self._inbox.get(), self.config.idle_timeout_s)
+            except TimeoutError:
+                raise SessionEnded("No audio arrived for too long.", code="idle_timeout") from None
+            if isinstance(item, str):
+                await self._control(item)
+                continue
+            self._pending_samples -= len(item)
+            await self._on_audio(item)
+
+    async def _control(self, command: str) -> None:
+        if command == "force_listen":
+            await self._interrupt()
+        elif command == "commit":
+            if self._in_turn or self._cutter.pending_samples:
+                await self._end_turn()
+        elif command.startswith("close:"):
+            await self._interrupt(notify=False)
+            raise SessionEnded("The client closed the session.", code=command.removeprefix("close:"))
+
+    # ---- turns -----------------------------------------------------------------------------------
+
+    async def _on_audio(self, samples: Samples) -> None:
+        if not self.config.turn_detection:
+            await self._feed_units(samples)
+            return
+        probs = await asyncio.to_thread(self._vad.feed, samples)
+        events = self._turns.feed(probs)
+        fed = False
+        if not self._in_turn:
+            self._preroll.push(samples)
+        for event in events:
+            if isinstance(event, SpeechStarted) and not self._in_turn:
+                if self._replying() and not self.config.barge_in:
+                    continue  # the user talks over the reply, and this call does not allow barge-in
+                await self._interrupt()
+                self._in_turn, fed = True, True
+                await self._send("input.speech_started", audio_start_ms=_ms(event.sample_index))
+                await self._feed_units(self._preroll.take())
+            elif isinstance(event, SpeechStopped) and self._in_turn:
+                await self._send("input.speech_stopped", audio_end_ms=_ms(event.sample_index))
+                await self._end_turn()
+        if self._in_turn and not fed:
+            await self._feed_units(samples)
+
+    async def _feed_units(self, samples: Samples) -> None:
+        for unit in self._cutter.feed(samples):
+            await self._prefill_unit(unit)
+
+    async def _end_turn(self) -> None:
+        self._in_turn = not self.config.turn_detection
+        stats = TurnStats(speech_end_at=self._clock())
+        tail = self._cutter.flush()
+        if tail is not None:
+            await self._prefill_unit(tail)
+        stats.reply_start_at = self._clock()
+        stats.compute_start_s = self._conv.compute_s
+        assert self._tg is not None
+        self._reply_task = self._tg.create_task(self._reply(stats), name=f"{self.id}-reply")
+
+    def _replying(self) -> bool:
+        return self._reply_task is not None and not self._reply_task.done()
+
+    async def _interrupt(self, *, notify: bool = True) -> None:
+        """Barge-in: stop the reply within one chunk and tell the client to drop queued audio."""
+        task = self._reply_task
+        if task is None or task.done():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if notify:
+            await self._send("response.listen", reason="interrupted")
+
+    # ---- model calls ------------------------------------------------------------------------------
+
+    async def _prefill_system_prompt(self, note: str | None = None) -> None:
+        cfg = self.config
+        if cfg.conversation_mode == "voice_cloning" and cfg.ref_audio is None:
+            raise ProtocolError("Voice-cloning mode needs a reference voice (voice.ref_audio_base64).")
+        mode, language, ref = cfg.model_mode(), cfg.language, cfg.ref_audio
+        msg = await self._worker.run(
+            self._conv, lambda m: m.get_sys_prompt(ref_audio=ref, mode=mode, language=language)
+        )
+        extra = [text for text in (cfg.instructions, note) if text]
+        if extra:
+            msg = {**msg, "content": [*msg["content"], *("\n" + text for text in extra)]}
+        before = self._conv.context_tokens
+        after = await self._worker.prefill(self._conv, [msg], max_slice_nums=cfg.max_slice_nums)
+        self._count_input(after - before, audio_s=0.0 if ref is None else len(ref) / INPUT_SAMPLE_RATE_HZ)
+
+    async def _prefill_unit(self, audio: Samples) -> None:
+        reserve = self.config.max_new_tokens + 32
+        if self._conv.context_tokens + self._unit_tokens + reserve > self.config.max_context_tokens:
+            await self._roll_over()
+        frame = self._frame if self.config.video else None
+        content: list[Any] = ["<unit>", frame, audio] if frame is not None else ["<unit>", audio]
+        if not self.config.video:
+            content = [audio]
+        arrived = self._clock()
+        before = self._conv.context_tokens
+        after = await self._worker.prefill(
+            self._conv,
+            [{"role": "user", "content": content}],
+            max_slice_nums=self.config.max_slice_nums,
+            deadline=arrived + 1.0,
+        )
+        if self._clock() - arrived > 1.0:
+            self.late_units += 1
+        added = after - before
+        self._unit_tokens = max(self._unit_tokens, added)
+        self._count_input(added, audio_s=len(audio) / INPUT_SAMPLE_RATE_HZ, frames=int(frame is not None))
+
+    async def _roll_over(self) -> None:
+        dropped = self._conv.context_tokens
+        await self._worker.release(self._conv)
+        self._conv = self._worker.open(self._next_conv_id())
+        recent = " ".join(self._replies)[-600:]
+        note = _MEMORY_NOTE[self.config.language].format(text=recent) if recent else None
+        await self._prefill_system_prompt(note)
+        logger.info("context rolled over", extra={"session_id": self.id, "dropped_tokens": dropped})
+        await self._send("conversation.truncated", reason="context_full", dropped_tokens=dropped)
+
+    async def _reply(self, stats: TurnStats) -> None:
+        response_id = f"resp_{len(self.turns) + 1}"
+        await self._send("response.created", response_id=response_id)
+        gen_kwargs: dict[str, Any] = {"max_new_tokens": self.config.max_new_tokens}
+        gen_kwargs["generate_audio"] = self.config.tts_enabled
+        if self.config.temperature is not None:
+            gen_kwargs["temperature"] = self.config.temperature
+        before = self._conv.context_tokens
+        status, text = "completed", []
+        stream: ReplyStream | None = None
+        try:
+            stream = await self._worker.reply(self._conv, **gen_kwargs)
+            while (chunk := await stream.next(deadline=self._chunk_deadline(stats))) is not None:
+                if chunk.text:
+                    text.append(chunk.text)
+                    await self._send("response.output_text.delta", response_id=response_id, text=chunk.text)
+                if chunk.audio.size:
+                    if stats.first_audio_at is None:
+                        stats.first_audio_at = self._clock()
+                    stats.audio_s += chunk.duration_s
+                    await self._send(
+                        "response.output_audio.delta",
+                        response_id=response_id,
+                        audio=base64.b64encode(chunk.audio.astype("<f4").tobytes()).decode("ascii"),
+                        sample_rate=OUTPUT_SAMPLE_RATE_HZ,
+                    )
+        except asyncio.CancelledError:
+            status = "interrupted"
+            raise
+        finally:
+            if stream is not None:
+                await asyncio.shield(stream.close())
+            self._replies.append("".join(text))
+            output = max(0, self._conv.context_tokens - before)
+            self.usage["output_tokens"] += output
+            timings = stats.as_dict(self._conv.compute_s)
+            self.turns.append({"status": status, **timings})
+            await asyncio.shield(self._send_done(response_id, status, output, timings))
+
+    async def _send_done(self, response_id: str, status: str, output: int, timings: dict[str, Any]) -> None:
+        u = self.usage
+        usage = {
+            "input_tokens": u["input_tokens"],
+            "output_tokens": u["output_tokens"],
+            "total_tokens": u["input_tokens"] + u["output_tokens"],
+            "input_tokens_details": {"audio_tokens": u["audio_tokens"], "vision_tokens": u["vision_tokens"]},
+        }
+        response = {"id": response_id, "status": status, "output_tokens": output, "usage": usage}
+        await self._send("response.done", response=response, timings=timings)
+
+    def _chunk_deadline(self, stats: TurnStats) -> float:
+        """When the listener runs out of audio (0.2 s margin); the first chunk is due at once."""
+        if stats.first_audio_at is None:
+            return stats.speech_end_at
+        return stats.first_audio_at + stats.audio_s - 0.2
+
+    def _count_input(self, tokens: int, *, audio_s: float, frames: int = 0) -> None:
+        self.usage["input_tokens"] += max(0, tokens)
+        self.usage["audio_tokens"] += round(audio_s * 27)
+        self.usage["vision_tokens"] += 66 * frames
+
+    def _next_conv_id(self) -> str:
+        return f"{self.id}.{next(self._conv_index)}"
+
+    @property
+    def conversation(self) -> Conversation:
+        return self._conv
+
+
+def describe_engine(info: EngineInfo) -> dict[str, Any]:
+    """How `session.created` describes the engine (and warns when replies are noise)."""
+    described: dict[str, Any] = {"name": info.name, "model": info.model, "replies_are_noise": info.replies_are_noise}
+    if info.replies_are_noise:
+        described["notice"] = "Tiny test engine with random weights: its speech and text are noise."
+    return described
+
+
+def _ms(sample_index: int) -> int:
+    return sample_index * 1000 // INPUT_SAMPLE_RATE_HZ
+
+
+def error_fields(exc: OmniError) -> dict[str, str]:
+    return {"code": exc.code, "message": exc.message}
