@@ -1,0 +1,168 @@
+"""Turn detection: a deterministic state machine from per-window VAD probabilities to turn events.
+
+Owns when a user turn starts and stops. Input is one speech probability per ``window_samples``
+window (Silero: 512 samples = 32 ms at 16 kHz) in stream order; output is ``SpeechStarted`` /
+``SpeechStopped`` carrying sample indices counted from the start of the stream, so the caller can
+cut audio (and pre-roll) exactly. Sans-I/O: no awaits, no clock, no sockets; must not import the
+VAD model, torch, the engine or the transport.
+
+Rules (Silero's own ``VADIterator`` semantics, plus a minimum speech length):
+
+- *Start*: a window with ``prob >= threshold`` opens a candidate. The candidate survives windows with
+  ``prob >= neg_threshold`` (hysteresis) and is dropped by one below it. Once it spans
+  ``min_speech_ms`` it is confirmed and ``SpeechStarted`` reports the candidate's first sample; so a
+  click shorter than ``min_speech_ms`` never starts a turn.
+- *Stop*: while speaking, the first window with ``prob < neg_threshold`` opens a silence; a window
+  with ``prob >= threshold`` cancels it, values in between keep it running. Once the silence spans
+  ``min_silence_ms``, ``SpeechStopped`` reports the silence's first sample as the end of speech.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["SpeechStarted", "SpeechStopped", "TurnConfig", "TurnDetector", "TurnEvent"]
+
+_HYSTERESIS = 0.15
+_MIN_NEG_THRESHOLD = 0.01  # as silero's get_speech_timestamps: never demand prob < 0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    """Turn-taking parameters; defaults follow OpenAI's ``server_vad`` and LiveKit's Silero setup.
+
+    ``neg_threshold`` (``None``) becomes ``max(threshold - 0.15, 0.01)``, capped at ``threshold``.
+    """
+
+    threshold: float = 0.5
+    neg_threshold: float | None = None
+    min_speech_ms: float = 200.0
+    min_silence_ms: float = 500.0
+    window_samples: int = 512
+    sample_rate_hz: int = 16_000
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        neg = self.neg_threshold
+        if neg is None:
+            neg = min(max(self.threshold - _HYSTERESIS, _MIN_NEG_THRESHOLD), self.threshold)
+            object.__setattr__(self, "neg_threshold", neg)
+        if not 0.0 < neg <= self.threshold:
+            raise ValueError(f"neg_threshold must be in (0, threshold={self.threshold}], got {neg}")
+        if self.min_speech_ms < 0 or self.min_silence_ms < 0:
+            raise ValueError(
+                f"min_speech_ms and min_silence_ms must be >= 0, got {self.min_speech_ms} and {self.min_silence_ms}"
+            )
+        if self.window_samples <= 0 or self.sample_rate_hz <= 0:
+            raise ValueError(
+                f"window_samples and sample_rate_hz must be > 0, got {self.window_samples} and {self.sample_rate_hz}"
+            )
+
+    @property
+    def min_speech_windows(self) -> int:
+        """Windows a candidate must span to start a turn (at least 1)."""
+        return max(1, self._windows_for(self.min_speech_ms))
+
+    @property
+    def min_silence_windows(self) -> int:
+        """Windows of silence that end a turn (at least 1)."""
+        return max(1, self._windows_for(self.min_silence_ms))
+
+    def _windows_for(self, duration_ms: float) -> int:
+        samples = duration_ms * self.sample_rate_hz / 1000.0
+        # Round up: "lasts at least min_*_ms"; the epsilon keeps exact multiples from rounding up again.
+        return math.ceil(samples / self.window_samples - 1e-9)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """A turn started; ``sample_index`` is the first sample of its first speech window."""
+
+    sample_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    """A turn ended; ``sample_index`` is one past its last speech sample (the first silent one)."""
+
+    sample_index: int
+    speech_s: float
+
+
+TurnEvent = SpeechStarted | SpeechStopped
+
+
+class TurnDetector:
+    """Feeds on VAD probabilities, emits ``SpeechStarted`` / ``SpeechStopped``. One per audio stream."""
+
+    def __init__(self, config: TurnConfig | None = None) -> None:
+        self.config = config if config is not None else TurnConfig()
+        self._min_speech_windows = self.config.min_speech_windows
+        self._min_silence_windows = self.config.min_silence_windows
+        assert self.config.neg_threshold is not None  # filled in by TurnConfig.__post_init__
+        self._neg_threshold: float = self.config.neg_threshold
+        self.reset()
+
+    @property
+    def speaking(self) -> bool:
+        """True between a ``SpeechStarted`` and its ``SpeechStopped``."""
+        return self._speaking
+
+    @property
+    def windows_seen(self) -> int:
+        """Probabilities consumed since the start (or last reset)."""
+        return self._window
+
+    @property
+    def samples_seen(self) -> int:
+        """Stream position, in samples, after the last window consumed."""
+        return self._window * self.config.window_samples
+
+    def reset(self) -> None:
+        """Forget any turn in progress and restart sample counting at 0."""
+        self._window = 0  # index of the next window to consume
+        self._speaking = False
+        self._speech_start: int | None = None  # first window of the candidate or of the current turn
+        self._silence_start: int | None = None  # first window of the running silence, while speaking
+
+    def feed(self, probs: Iterable[float]) -> list[TurnEvent]:
+        """Consume probabilities for the next windows, in order (a list or ``VadStream.feed``'s array)."""
+        cfg = self.config
+        events: list[TurnEvent] = []
+        for raw in probs:
+            prob = float(raw)
+            if math.isnan(prob):
+                raise ValueError(f"VAD probability is NaN at window {self._window}")
+            k = self._window
+            self._window += 1
+            if not self._speaking:
+                if self._speech_start is None:
+                    if prob >= cfg.threshold:
+                        self._speech_start = k
+                elif prob < self._neg_threshold:
+                    self._speech_start = None  # too short: a click, not a turn
+                    continue
+                if self._speech_start is not None and k + 1 - self._speech_start >= self._min_speech_windows:
+                    self._speaking = True
+                    events.append(SpeechStarted(self._speech_start * cfg.window_samples))
+            else:
+                if prob >= cfg.threshold:
+                    self._silence_start = None
+                elif prob < self._neg_threshold and self._silence_start is None:
+                    self._silence_start = k
+                if self._silence_start is not None and k + 1 - self._silence_start >= self._min_silence_windows:
+                    assert self._speech_start is not None
+                    speech_windows = self._silence_start - self._speech_start
+                    events.append(
+                        SpeechStopped(
+                            self._silence_start * cfg.window_samples,
+                            speech_windows * cfg.window_samples / cfg.sample_rate_hz,
+                        )
+                    )
+                    self._speaking = False
+                    self._speech_start = None
+                    self._silence_start = None
+        return events
