@@ -120,13 +120,14 @@ class CallSession:
         self._turns = TurnDetector(config.turn)
         self._preroll = PreRoll(config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000)
         self._cutter = UnitCutter(INPUT_SAMPLE_RATE_HZ)
-        self._inbox: asyncio.Queue[Samples | str] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[Samples, Image.Image | None] | str] = asyncio.Queue()
         self._pending_samples = 0
         self._frame: Image.Image | None = None
         self._in_turn = not config.turn_detection  # manual turn-taking: every sample belongs to a turn
         self._conv_index = itertools.count()
         self._conv = worker.open(self._next_conv_id())
         self._reply_task: asyncio.Task[None] | None = None
+        self._notify_interrupt = True
         self._replies: deque[str] = deque(maxlen=3)  # recent reply texts, for a context roll-over
         self._unit_tokens = 100  # estimate, refined by each prefill
         self._tg: asyncio.TaskGroup | None = None
@@ -138,18 +139,26 @@ class CallSession:
 
     # ---- called by the transport -------------------------------------------------------------------
 
-    def push_audio(self, samples: Samples) -> None:
-        """Queue 16 kHz float32 audio; refuses input far ahead of what the model has consumed."""
+    def push_audio(self, samples: Samples, frame: Image.Image | None = None) -> None:
+        """Queue 16 kHz float32 audio (with the camera frame sent alongside it, if any).
+
+        Refuses input far ahead of what the model has consumed."""
         limit = int(self.config.max_pending_audio_s * INPUT_SAMPLE_RATE_HZ)
         if self._pending_samples + len(samples) > limit:
             raise ProtocolError(
                 "Audio is arriving much faster than real time; this piece was dropped.", code="input_overflow"
             )
         self._pending_samples += len(samples)
-        self._inbox.put_nowait(samples)
+        self._inbox.put_nowait((samples, frame))
+
+    @property
+    def pending_audio_s(self) -> float:
+        """Audio received but not yet taken up by the call (the input lag)."""
+        return self._pending_samples / INPUT_SAMPLE_RATE_HZ
 
     def push_frame(self, image: Image.Image) -> None:
-        """Keep only the latest camera frame; each unit takes the one current when it completes."""
+        """Keep only the latest camera frame (for frames arriving apart from audio, as on WebRTC);
+        each unit takes the one current when it completes."""
         self._frame = image
 
     def force_listen(self) -> None:
@@ -205,8 +214,11 @@ class CallSession:
             if isinstance(item, str):
                 await self._control(item)
                 continue
-            self._pending_samples -= len(item)
-            await self._on_audio(item)
+            samples, frame = item
+            self._pending_samples -= len(samples)
+            if frame is not None:
+                self._frame = frame
+            await self._on_audio(samples)
 
     async def _control(self, command: str) -> None:
         if command == "force_listen":
@@ -266,11 +278,10 @@ class CallSession:
         task = self._reply_task
         if task is None or task.done():
             return
+        self._notify_interrupt = notify  # the reply says `response.listen` before its `response.done`
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        if notify:
-            await self._send("response.listen", reason="interrupted")
 
     # ---- model calls ------------------------------------------------------------------------------
 
@@ -358,6 +369,8 @@ class CallSession:
             self.usage["output_tokens"] += output
             timings = stats.as_dict(self._conv.compute_s)
             self.turns.append({"status": status, **timings})
+            if status == "interrupted" and self._notify_interrupt:
+                await asyncio.shield(self._send("response.listen", response_id=response_id, reason="interrupted"))
             await asyncio.shield(self._send_done(response_id, status, output, timings))
 
     async def _send_done(self, response_id: str, status: str, output: int, timings: dict[str, Any]) -> None:

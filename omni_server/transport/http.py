@@ -52,7 +52,9 @@ def token_ok(expected: str | None, given: str | None) -> bool:
     return given is not None and hmac.compare_digest(expected.encode(), given.encode())
 
 
-def respond(status: http.HTTPStatus, body: bytes, content_type: str, extra: tuple[tuple[str, str], ...] = ()) -> Response:
+def respond(
+    status: http.HTTPStatus, body: bytes, content_type: str, extra: tuple[tuple[str, str], ...] = ()
+) -> Response:
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), *_NO_STORE, *extra])
     return Response(status.value, status.phrase, headers, body)
 

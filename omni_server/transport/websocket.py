@@ -20,7 +20,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from omni_server.engine.base import EngineInfo
-from omni_server.errors import OmniError, ProtocolError, SessionRefused, error_payload
+from omni_server.errors import OmniError, ProtocolError, SessionEnded, SessionRefused, error_payload
 from omni_server.media.images import ImageFormatError, decode_image
 from omni_server.media.pcm import AudioFormatError, decode_f32_base64
 from omni_server.protocol import (
@@ -65,7 +65,7 @@ class RealtimeEndpoint:
         except SessionRefused as e:
             await _quietly(send("error", error=error_payload(e)))
             reason = e.code
-        except ConnectionClosed:
+        except (ConnectionClosed, SessionEnded):
             reason = "disconnected"
         finally:
             self.manager.forget(call_id)
@@ -142,11 +142,14 @@ class RealtimeEndpoint:
         if isinstance(event, InputAppend):
             if event.force_listen:
                 session.force_listen()
+            image = None
             if event.video_frames_base64 and session.config.video:
                 image = await asyncio.to_thread(_decode_frame, event.video_frames_base64[-1], s)
-                session.push_frame(image)
             if event.audio_base64:
-                session.push_audio(decode_f32_base64(event.audio_base64, max_samples=int(s.max_append_s * 16000)))
+                samples = decode_f32_base64(event.audio_base64, max_samples=int(s.max_append_s * 16000))
+                session.push_audio(samples, image)
+            elif image is not None:
+                session.push_frame(image)
         elif isinstance(event, InputCommit):
             session.commit()
         elif isinstance(event, SessionClose):
@@ -179,8 +182,13 @@ def _payload(e: Exception) -> dict[str, str]:
 
 
 def _sender(ws: ServerConnection) -> Any:
+    """`send(event_type, **fields)`; a vanished client ends the call as `disconnected`."""
+
     async def send(event_type: str, **fields: Any) -> None:
-        await ws.send(encode(event_type, **fields))
+        try:
+            await ws.send(encode(event_type, **fields))
+        except ConnectionClosed as e:
+            raise SessionEnded("The client disconnected.", code="disconnected") from e
 
     return send
 
@@ -193,5 +201,5 @@ def _queued(send: Any) -> Any:
 
 
 async def _quietly(aw: Any) -> None:
-    with contextlib.suppress(ConnectionClosed):
+    with contextlib.suppress(SessionEnded):
         await aw

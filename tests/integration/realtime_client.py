@@ -1,0 +1,82 @@
+"""A small raw WebSocket client for the realtime API, for tests that need to see every frame."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from websockets.asyncio.client import ClientConnection, connect
+
+from omni_server.app import OmniServer
+from tests.conftest import TOKEN, timeout
+
+
+def client_ssl(server: OmniServer) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(server.cert_path))
+    return context
+
+
+def b64_audio(samples: npt.NDArray[np.float32]) -> str:
+    return base64.b64encode(samples.astype("<f4").tobytes()).decode("ascii")
+
+
+class RawClient:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.events: list[dict[str, Any]] = []
+
+    @classmethod
+    async def connect(cls, server: OmniServer, mode: str = "audio", token: str | None = TOKEN, **kw: Any) -> RawClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        ws = await connect(
+            f"wss://127.0.0.1:{server.port}/v1/realtime?mode={mode}&model=minicpm-o-2.6",
+            ssl=client_ssl(server),
+            additional_headers=headers,
+            subprotocols=["map.realtime"],  # type: ignore[list-item]
+            max_size=None,
+            **kw,
+        )
+        return cls(ws)
+
+    async def send(self, event_type: str, **fields: Any) -> None:
+        await self.ws.send(json.dumps({"type": event_type, **fields}))
+
+    async def recv(self) -> dict[str, Any]:
+        event = json.loads(await asyncio.wait_for(self.ws.recv(), timeout(30)))
+        self.events.append(event)
+        return event
+
+    async def until(self, event_type: str, limit_s: float = 30) -> dict[str, Any]:
+        async with asyncio.timeout(timeout(limit_s)):
+            while True:
+                event = await self.recv()
+                if event["type"] == event_type:
+                    return event
+
+    async def start(self, **payload: Any) -> dict[str, Any]:
+        if not self.of_type("session.queue_done"):
+            await self.until("session.queue_done")
+        await self.send("session.init", payload=payload)
+        return await self.until("session.created")
+
+    async def append(self, samples: npt.NDArray[np.float32], **extra: Any) -> None:
+        await self.send("input.append", input={"audio": b64_audio(samples), **extra})
+
+    async def speak(self, speech: npt.NDArray[np.float32], *, piece_s: float = 0.1, tail_s: float = 1.0) -> None:
+        """Send speech then silence in pieces, a little faster than real time."""
+        audio = np.concatenate([speech, np.zeros(int(16000 * tail_s), np.float32)])
+        step = int(16000 * piece_s)
+        for start in range(0, len(audio), step):
+            await self.append(audio[start : start + step])
+            await asyncio.sleep(0.002)
+
+    def of_type(self, event_type: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == event_type]
+
+    async def close(self) -> None:
+        await self.ws.close()

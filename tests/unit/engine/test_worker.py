@@ -1,0 +1,102 @@
+"""The engine worker: one model thread, many conversations, each with its own state swapped in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from omni_server.engine.base import OmniModel
+from omni_server.engine.tiny import build_tiny_engine
+from omni_server.engine.worker import Conversation, EngineWorker
+from omni_server.errors import EngineError
+
+
+@pytest.fixture
+async def worker() -> Any:
+    w = EngineWorker(build_tiny_engine(seed=7))
+    yield w
+    w.close()
+
+
+def unit(seed: int) -> dict[str, Any]:
+    audio = np.random.default_rng(seed).normal(0, 0.1, 16000).astype(np.float32)
+    return {"role": "user", "content": [audio]}
+
+
+async def converse(worker: EngineWorker, conv: Conversation, seed: int) -> tuple[str, np.ndarray]:
+    sys_msg = await worker.run(conv, lambda m: m.get_sys_prompt(mode="audio_assistant", language="en"))
+    await worker.prefill(conv, [sys_msg])
+    for i in range(2):
+        await worker.prefill(conv, [unit(seed + i)])
+    stream = await worker.reply(conv, max_new_tokens=30)
+    text, audio = [], []
+    while (chunk := await stream.next()) is not None:
+        text.append(chunk.text)
+        audio.append(chunk.audio)
+    return "".join(text), np.concatenate(audio)
+
+
+async def test_new_conversation_starts_from_its_own_system_prompt(worker: EngineWorker) -> None:
+    """After one conversation, the next one's cache holds its system prompt and nothing else."""
+    first = worker.open("call-1")
+    await converse(worker, first, seed=1)
+    assert first.context_tokens > 100
+    await worker.release(first)
+
+    second = worker.open("call-2")
+    sys_msg = await worker.run(second, lambda m: m.get_sys_prompt(mode="audio_assistant", language="en"))
+    after = await worker.prefill(second, [sys_msg])
+    prompt = await worker.run(second, lambda m: m.last_prompt_text)
+    assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_end|>\n")
+
+    alone = EngineWorker(build_tiny_engine(seed=7))
+    try:
+        reference = alone.open("fresh")
+        assert after == await alone.prefill(reference, [sys_msg])
+    finally:
+        alone.close()
+
+
+async def test_interleaved_conversations_get_what_they_get_alone() -> None:
+    """Two conversations interleaved call by call produce exactly what each produces alone."""
+    import asyncio
+
+    solo = EngineWorker(build_tiny_engine(seed=3))
+    try:
+        expected = [await converse(solo, solo.open(f"c{i}"), seed=10 * i) for i in range(2)]
+    finally:
+        solo.close()
+    shared = EngineWorker(build_tiny_engine(seed=3))
+    try:
+        results = await asyncio.gather(*(converse(shared, shared.open(f"c{i}"), seed=10 * i) for i in range(2)))
+    finally:
+        shared.close()
+    for (text, audio), (want_text, want_audio) in zip(results, expected, strict=True):
+        assert text == want_text
+        np.testing.assert_array_equal(audio, want_audio)
+
+
+async def test_a_failing_call_ends_one_conversation_only(worker: EngineWorker) -> None:
+    """A model call that raises gives that conversation an EngineError; others go on."""
+    broken, healthy = worker.open("broken"), worker.open("healthy")
+
+    def boom(model: OmniModel) -> None:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    with pytest.raises(EngineError) as info:
+        await worker.run(broken, boom)
+    assert "CUDA" not in info.value.message
+    text, audio = await converse(worker, healthy, seed=5)
+    assert audio.size > 0
+
+
+async def test_release_frees_the_cache(worker: EngineWorker) -> None:
+    """Releasing a conversation drops its KV cache and refuses further calls."""
+    conv = worker.open("gone")
+    await converse(worker, conv, seed=2)
+    await worker.release(conv)
+    assert conv.closed and conv.state is None
+    with pytest.raises(EngineError):
+        await worker.prefill(conv, [unit(0)])

@@ -1,0 +1,64 @@
+"""Client frames are validated in one place, with messages a person can act on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from omni_server.errors import PayloadTooLarge, ProtocolError
+from omni_server.protocol import InputAppend, SessionInit, decode_client_event
+
+
+def decode(obj: object) -> object:
+    return decode_client_event(json.dumps(obj), max_bytes=1 << 20)
+
+
+def test_sdk_session_init_is_understood() -> None:
+    """The SDK's session.init (system prompt, config, voice) maps onto typed fields."""
+    event = decode(
+        {
+            "type": "session.init",
+            "payload": {
+                "system_prompt": "Be brief.",
+                "config": {"max_tokens": 64, "temperature": 0.5, "tts_enabled": True, "vision_hd": True},
+                "voice": {"ref_audio_base64": "AAAA"},
+                "max_slice_nums": 2,
+            },
+        }
+    )
+    assert isinstance(event, SessionInit)
+    assert (event.system_prompt, event.max_tokens, event.temperature, event.vision_hd) == ("Be brief.", 64, 0.5, True)
+    assert event.ref_audio_base64 == "AAAA" and event.conversation_mode == "assistant"
+
+
+def test_input_append_with_frames_and_force_listen() -> None:
+    """input.append carries audio, optional frames and force_listen."""
+    event = decode({"type": "input.append", "input": {"audio": "", "video_frames": ["x"], "force_listen": True}})
+    assert event == InputAppend(audio_base64="", video_frames_base64=("x",), force_listen=True)
+
+
+@pytest.mark.parametrize(
+    ("obj", "code"),
+    [
+        ({"type": "session.init", "payload": {"mode": "karaoke"}}, "invalid_request"),
+        ({"type": "session.init", "payload": {"language": "fr"}}, "invalid_request"),
+        ({"type": "session.init", "payload": {"config": {"max_tokens": "many"}}}, "invalid_request"),
+        ({"type": "session.init", "payload": {"config": {"tts_enabled": 1}}}, "invalid_request"),
+        ({"type": "input.append", "input": {"video_frames": "x"}}, "invalid_request"),
+        ({"type": 42}, "unknown_event"),
+    ],
+)
+def test_invalid_fields_are_refused(obj: object, code: str) -> None:
+    """Wrong types and values raise ProtocolError with a code."""
+    with pytest.raises(ProtocolError) as info:
+        decode(obj)
+    assert info.value.code == code
+
+
+def test_size_and_binary_frames() -> None:
+    """Oversize and binary frames are refused before parsing."""
+    with pytest.raises(PayloadTooLarge):
+        decode_client_event("x" * 100, max_bytes=10)
+    with pytest.raises(ProtocolError):
+        decode_client_event(b"\x00\x01", max_bytes=10)
