@@ -85,16 +85,22 @@ class TurnStats:
     speech_end_at: float = 0.0  # when the turn detector ended the user's turn
     reply_start_at: float = 0.0  # when streaming_generate was called
     first_audio_at: float | None = None
-    compute_start_s: float = 0.0
+    compute_start_s: float = 0.0  # the conversation's model time when the turn ended
+    compute_first_audio_s: float | None = None  # ... and when the first audio chunk was ready
     audio_s: float = 0.0
 
-    def as_dict(self, compute_s: float) -> dict[str, Any]:
+    def as_dict(self, compute_s: float, late_units: int) -> dict[str, Any]:
         first = None if self.first_audio_at is None else round((self.first_audio_at - self.speech_end_at) * 1000, 1)
+        to_first = self.compute_first_audio_s
         return {
             "end_of_turn_to_first_audio_ms": first,
+            "engine_to_first_audio_ms": None
+            if to_first is None
+            else round((to_first - self.compute_start_s) * 1000, 1),
             "prefill_tail_ms": round((self.reply_start_at - self.speech_end_at) * 1000, 1),
             "engine_ms": round((compute_s - self.compute_start_s) * 1000, 1),
             "audio_s": round(self.audio_s, 3),
+            "late_units": late_units,
         }
 
 
@@ -261,12 +267,11 @@ class CallSession:
 
     async def _end_turn(self) -> None:
         self._in_turn = not self.config.turn_detection
-        stats = TurnStats(speech_end_at=self._clock())
+        stats = TurnStats(speech_end_at=self._clock(), compute_start_s=self._conv.compute_s)
         tail = self._cutter.flush()
         if tail is not None:
             await self._prefill_unit(tail)
         stats.reply_start_at = self._clock()
-        stats.compute_start_s = self._conv.compute_s
         assert self._tg is not None
         self._reply_task = self._tg.create_task(self._reply(stats), name=f"{self.id}-reply")
 
@@ -351,6 +356,7 @@ class CallSession:
                 if chunk.audio.size:
                     if stats.first_audio_at is None:
                         stats.first_audio_at = self._clock()
+                        stats.compute_first_audio_s = self._conv.compute_s
                     stats.audio_s += chunk.duration_s
                     await self._send(
                         "response.output_audio.delta",
@@ -367,7 +373,7 @@ class CallSession:
             self._replies.append("".join(text))
             output = max(0, self._conv.context_tokens - before)
             self.usage["output_tokens"] += output
-            timings = stats.as_dict(self._conv.compute_s)
+            timings = stats.as_dict(self._conv.compute_s, self.late_units)
             self.turns.append({"status": status, **timings})
             if status == "interrupted" and self._notify_interrupt:
                 await asyncio.shield(self._send("response.listen", response_id=response_id, reason="interrupted"))
