@@ -1,0 +1,44 @@
+// Wires the page: settings and buttons in, one `Call` at a time. `window.omni` is the current call's trace.
+
+import { Call, newTrace } from "./call.js";
+import { CallView } from "./ui.js";
+
+const $ = (id) => document.getElementById(id);
+const view = new CallView();
+let call = null;
+
+function settings() {
+  return {
+    language: $("language").value,
+    instructions: $("instructions").value.trim(),
+    sensitivity: $("sensitivity").value,
+  };
+}
+
+async function startCall(mode) {
+  if (call && !call.ended) return;
+  const trace = newTrace();
+  window.omni = trace;
+  view.callStarting(mode);
+  call = new Call({ mode, settings: settings(), view, trace });
+  await call.start();
+}
+
+$("voice-call").addEventListener("click", () => startCall("audio"));
+$("video-call").addEventListener("click", () => startCall("video"));
+$("hangup").addEventListener("click", () => call && call.hangUp());
+$("mute").addEventListener("click", (e) => {
+  if (!call) return;
+  const muted = e.currentTarget.getAttribute("aria-pressed") !== "true";
+  call.setMuted(muted);
+  e.currentTarget.setAttribute("aria-pressed", String(muted));
+  e.currentTarget.textContent = muted ? "Unmute" : "Mute";
+});
+$("camera").addEventListener("click", (e) => {
+  if (!call) return;
+  const on = e.currentTarget.getAttribute("aria-pressed") !== "true";
+  call.setCameraOn(on);
+  e.currentTarget.setAttribute("aria-pressed", String(on));
+  e.currentTarget.textContent = on ? "Camera off" : "Camera on";
+});
+window.addEventListener("pagehide", () => call && !call.ended && call.hangUp());
