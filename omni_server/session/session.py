@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 Send = Callable[..., Awaitable[None]]  # send(event_type, **fields)
 Samples = npt.NDArray[np.float32]
+# Pieces up to this size run silero on the event loop (at most ~2 ms); longer ones go to a thread.
+_INLINE_VAD_SAMPLES = INPUT_SAMPLE_RATE_HZ // 4
 _VOICE_MODES = {"assistant": "audio_assistant", "roleplay": "audio_roleplay", "voice_cloning": "voice_cloning"}
 _MEMORY_NOTE = {
     "en": "(Earlier in this call, which was too long to keep in full, you said: {text})",
@@ -242,7 +244,10 @@ class CallSession:
         if not self.config.turn_detection:
             await self._feed_units(samples)
             return
-        probs = await asyncio.to_thread(self._vad.feed, samples)
+        if len(samples) <= _INLINE_VAD_SAMPLES:
+            probs = self._vad.feed(samples)  # ~0.25 ms a window: cheaper than a thread hop
+        else:
+            probs = await asyncio.to_thread(self._vad.feed, samples)
         events = self._turns.feed(probs)
         fed = False
         if not self._in_turn:
