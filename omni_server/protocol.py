@@ -177,10 +177,6 @@ def encode(event_type: str, **fields: Any) -> str:
     return json.dumps({"type": event_type, **fields}, ensure_ascii=False, separators=(",", ":"))
 
 
-def error_event(code: str, message: str) -> str:
-    return encode("error", error={"code": code, "message": message})
-
-
 def usage_payload(input_tokens: int, output_tokens: int, audio_tokens: int, vision_tokens: int) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,

@@ -49,7 +49,6 @@ class Conversation:
 
     id: str
     state: dict[str, Any] | None = None  # None: live on the model, or never started
-    started: bool = False
     closed: bool = False
     compute_s: float = 0.0  # model time spent on this conversation so far
     context_tokens: int = 0  # LLM KV length after the last call

@@ -36,8 +36,9 @@ from PIL import Image
 
 from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, OUTPUT_SAMPLE_RATE_HZ, EngineInfo
 from omni_server.engine.worker import Conversation, EngineWorker, ReplyStream
-from omni_server.errors import OmniError, ProtocolError, SessionEnded
+from omni_server.errors import OmniError, ProtocolError, SessionEnded, error_payload
 from omni_server.media.vad import SileroVadModel, VadStream
+from omni_server.protocol import usage_payload
 from omni_server.session.turns import SpeechStarted, SpeechStopped, TurnConfig, TurnDetector
 from omni_server.session.units import PreRoll, UnitCutter
 
@@ -203,7 +204,7 @@ class CallSession:
             failure = group.exceptions[0]
             assert isinstance(failure, OmniError)
             logger.warning("session failed: %s", failure.code, extra={"session_id": self.id})
-            await self._send("error", error=error_fields(failure))
+            await self._send("error", error=error_payload(failure))
             reason = "error"
         finally:
             await self._worker.release(self._conv)
@@ -315,9 +316,9 @@ class CallSession:
         if self._conv.context_tokens + self._unit_tokens + reserve > self.config.max_context_tokens:
             await self._roll_over()
         frame = self._frame if self.config.video else None
-        content: list[Any] = ["<unit>", frame, audio] if frame is not None else ["<unit>", audio]
-        if not self.config.video:
-            content = [audio]
+        content: list[Any] = [audio]
+        if self.config.video:
+            content = ["<unit>", audio] if frame is None else ["<unit>", frame, audio]
         arrived = self._clock()
         before = self._conv.context_tokens
         after = await self._worker.prefill(
@@ -386,12 +387,7 @@ class CallSession:
 
     async def _send_done(self, response_id: str, status: str, output: int, timings: dict[str, Any]) -> None:
         u = self.usage
-        usage = {
-            "input_tokens": u["input_tokens"],
-            "output_tokens": u["output_tokens"],
-            "total_tokens": u["input_tokens"] + u["output_tokens"],
-            "input_tokens_details": {"audio_tokens": u["audio_tokens"], "vision_tokens": u["vision_tokens"]},
-        }
+        usage = usage_payload(u["input_tokens"], u["output_tokens"], u["audio_tokens"], u["vision_tokens"])
         response = {"id": response_id, "status": status, "output_tokens": output, "usage": usage}
         await self._send("response.done", response=response, timings=timings)
 
@@ -424,7 +420,3 @@ def describe_engine(info: EngineInfo) -> dict[str, Any]:
 
 def _ms(sample_index: int) -> int:
     return sample_index * 1000 // INPUT_SAMPLE_RATE_HZ
-
-
-def error_fields(exc: OmniError) -> dict[str, str]:
-    return {"code": exc.code, "message": exc.message}
