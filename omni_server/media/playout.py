@@ -1,7 +1,8 @@
 """The reply's playout buffer for a media track: 24 kHz float32 chunks in, fixed 20 ms s16 frames out.
 
 `PlayoutBuffer.write` takes each speech chunk the moment the model makes it (usually faster than real
-time), resamples it to the track's rate and queues it; `read` hands out exactly one frame's samples,
+time), resamples it to the track's rate if that differs (soxr holds back a few ms until `end`) and
+queues it; `read` hands out exactly one frame's samples,
 padded with silence when the buffer runs dry, so a paced sender can call it every 20 ms whatever
 the model does. `flush` drops everything queued (barge-in) and the resampler's held-back tail with it.
 
@@ -32,7 +33,7 @@ class PlayoutBuffer:
     """A bounded FIFO of int16 mono samples at `rate_hz`, read in `frame_samples` pieces."""
 
     def __init__(
-        self, *, input_rate_hz: int = 24_000, rate_hz: int = 48_000, frame_ms: int = 20, max_s: float = 120.0
+        self, *, input_rate_hz: int = 24_000, rate_hz: int = 24_000, frame_ms: int = 20, max_s: float = 120.0
     ) -> None:
         self.rate_hz = rate_hz
         self.frame_samples = rate_hz * frame_ms // 1000
@@ -90,7 +91,7 @@ class PlayoutBuffer:
         self._queued -= filled
         self.played_samples += filled
         short = filled < self.frame_samples
-        if short and self.writing and not self._dry:
+        if short and self.writing and (filled or not self._dry):
             self.underruns += 1
         self._dry = short
         return out

@@ -1,12 +1,14 @@
 """WebRTC media tracks of one call: the reply as an outgoing audio track, and the drains of incoming tracks.
 
 `ReplyAudioTrack` is the call's `AudioSink`: the session writes 24 kHz reply chunks into its
-`PlayoutBuffer`, and aiortc's sender pulls one 20 ms 48 kHz frame at a time, paced on the clock,
-silence when there is nothing to say; `flush` empties it at once on barge-in.
+`PlayoutBuffer`, and aiortc's sender pulls one 20 ms frame at a time, paced on the clock, silence when
+there is nothing to say; `flush` empties it at once on barge-in. Frames stay at the model's 24 kHz:
+aiortc's Opus encoder resamples them to 48 kHz itself (swresample, with no added latency to speak
+of, where a resampler here would hold back a few ms of every reply).
 
 aiortc queues every decoded frame of a remote track in an unbounded queue, so each incoming track is
-drained by a loop for the whole call. `receive_audio` resamples Opus's 48 kHz (stereo, packed) frames
-to 16 kHz mono float32 and hands them on; `receive_video` keeps one frame a second and converts only
+drained by a loop for the whole call. `receive_audio` resamples Opus's 48 kHz stereo frames to 16 kHz
+mono float32 and hands them on; `receive_video` keeps one frame a second and converts only
 that one to an image: the rest are dropped undecoded to pixels.
 
 Must not import: torch, the engine.
@@ -30,13 +32,13 @@ from PIL import Image
 from omni_server.media.playout import PlayoutBuffer
 
 logger = logging.getLogger(__name__)
-TRACK_RATE_HZ = 48_000
+TRACK_RATE_HZ = 24_000  # the model's output rate
 FRAME_MS = 20
 INPUT_RATE_HZ = 16_000
 
 
 class ReplyAudioTrack(MediaStreamTrack):
-    """Outgoing reply audio: paced 20 ms mono s16 frames at 48 kHz; silence when idle; flushable."""
+    """Outgoing reply audio: paced 20 ms mono s16 frames at 24 kHz; silence when idle; flushable."""
 
     kind = "audio"
 
@@ -83,7 +85,9 @@ class ReplyAudioTrack(MediaStreamTrack):
 
 async def receive_audio(track: MediaStreamTrack, on_samples: Callable[[npt.NDArray[np.float32]], None]) -> None:
     """Drain a remote audio track until it ends, passing on 16 kHz mono float32 pieces (20 ms each)."""
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=INPUT_RATE_HZ)
+    # Opus decodes to stereo even from a mono microphone. swresample's own downmix would add 3 dB
+    # (L=R summed at -3 dB each), so resample both channels and average them here.
+    resampler = av.AudioResampler(format="fltp", layout="stereo", rate=INPUT_RATE_HZ)
     while True:
         try:
             frame = await track.recv()
@@ -92,7 +96,7 @@ async def receive_audio(track: MediaStreamTrack, on_samples: Callable[[npt.NDArr
         if not isinstance(frame, av.AudioFrame):
             continue
         for out in resampler.resample(frame):
-            samples = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+            samples = out.to_ndarray().mean(axis=0, dtype=np.float32)
             if samples.size:
                 on_samples(samples)
 
