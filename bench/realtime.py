@@ -467,6 +467,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--vad-silence-ms", type=int, default=500, help="Passed to the server.")
     p.add_argument("--seed", type=int, default=0, help="Seeds the callers' start offsets.")
     p.add_argument("--paths-turns", type=int, default=4, help="Turns per call in the WebRTC/WebSocket comparison.")
+    p.add_argument("--browser-s", type=float, default=20.0, help="Seconds of each page call in Chromium (0 skips).")
     return p.parse_args(argv)
 
 
@@ -497,7 +498,10 @@ async def bench(args: argparse.Namespace) -> list[str]:
             if args.paths_turns > 0:
                 from bench.webrtc import compare_paths  # bench.webrtc builds on this module
 
-                paths = ["", *await compare_paths(server, fixture, args.paths_turns, silence)]
+                compared = await compare_paths(
+                    server, fixture, args.paths_turns, silence, browser_s=args.browser_s, workdir=workdir
+                )
+                paths = ["", *compared]
             for n in levels:
                 concurrent.append(
                     await run_phase(

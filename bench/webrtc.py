@@ -11,7 +11,11 @@ the reply to play out, pauses 0.4 s and speaks again, for `--turns` turns. Measu
   every frame; WebRTC = bytes through the DTLS transport (SRTP audio, RTCP and the data channel's SCTP),
   both without TLS/TCP/UDP/IP headers.
 
-The bench client is aiortc, kept on loopback like the server. Must not import anything from `omni_server`.
+The bench client is aiortc, kept on loopback like the server; aiortc's Opus encoder is fixed at 96 kbit/s,
+more than a browser sends. So the page itself is measured too: a voice and a video call in Debian's
+Chromium (fake mic looping the fixture, fake camera), bytes each way from its transport stats.
+
+Must not import anything from `omni_server` (the server is a black box behind its protocol).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 import aioice.ice
 import av
 import numpy as np
+import soundfile as sf
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from websockets.asyncio.client import ClientConnection, connect
@@ -251,6 +256,66 @@ async def websocket_call(server: ServerHandle, fixture: Fixture, turns: int, sil
     return result
 
 
+# ---- the page in Chromium --------------------------------------------------------------------------
+
+
+@dataclass
+class BrowserCall:
+    mode: str
+    seconds: float
+    up_bytes: int
+    down_bytes: int
+    heard_s: float
+
+
+def fake_mic_wav(speech: Samples, path: Path, pause_s: float = 4.0) -> Path:
+    """The utterance and a pause long enough for the reply to play out, at 48 kHz; Chromium loops it."""
+    ratio = MIC_RATE_HZ // INPUT_RATE_HZ
+    up = np.interp(np.arange(len(speech) * ratio) / ratio, np.arange(len(speech)), speech)
+    sf.write(path, np.concatenate([up, np.zeros(int(pause_s * MIC_RATE_HZ))]), MIC_RATE_HZ, subtype="PCM_16")
+    return path
+
+
+async def browser_calls(server: ServerHandle, wav: Path, seconds: float) -> list[BrowserCall]:
+    """A voice call and a video call from the page (its default, WebRTC), measured by the page's getStats()."""
+    from playwright.async_api import async_playwright
+
+    from tests.browser.conftest import CHROMIUM, FAKE_MEDIA_ARGS
+
+    args = [*FAKE_MEDIA_ARGS, "--use-fake-ui-for-media-stream", f"--use-file-for-fake-audio-capture={wav}"]
+    calls = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        for mode, button in (("voice", "#voice-call"), ("video", "#video-call")):
+            context = await browser.new_context(ignore_https_errors=True)
+            page = await context.new_page()
+            await page.goto(f"https://127.0.0.1:{server.port}/?token={server.token}")
+            await page.click(button)
+            await page.wait_for_function("window.omni && window.omni.rtc && window.omni.rtc.transportBytesSent")
+            first = await page.evaluate("window.omni.rtc")
+            start = time.monotonic()
+            await asyncio.sleep(seconds)
+            last = await page.evaluate("window.omni.rtc")
+            elapsed = time.monotonic() - start
+            up = last["transportBytesSent"] - first["transportBytesSent"]
+            down = last["transportBytesReceived"] - first["transportBytesReceived"]
+            calls.append(BrowserCall(mode, elapsed, up, down, (last["heardMs"] - first["heardMs"]) / 1000))
+            await page.click("#hangup")
+            await context.close()
+        await browser.close()
+    return calls
+
+
+def browser_table(calls: Sequence[BrowserCall]) -> list[str]:
+    lines = ["| page call (WebRTC) | measured s | up KB/s | down KB/s | reply audible s |", "|---|---|---|---|---|"]
+    for c in calls:
+        lines.append(
+            f"| {c.mode} | {c.seconds:.0f} | {c.up_bytes / c.seconds / 1000:.1f} | {c.down_bytes / c.seconds / 1000:.1f} "
+            f"| {c.heard_s:.1f} |"
+        )
+    return lines
+
+
 # ---- report ----------------------------------------------------------------------------------------
 
 
@@ -274,21 +339,33 @@ def paths_table(results: Sequence[CallResult]) -> list[str]:
     return lines
 
 
-async def compare_paths(server: ServerHandle, fixture: Fixture, turns: int, silence_ms: int) -> list[str]:
-    """One call over each media path, one after the other, against a running server."""
+async def compare_paths(
+    server: ServerHandle, fixture: Fixture, turns: int, silence_ms: int, *, browser_s: float, workdir: Path
+) -> list[str]:
+    """One call over each media path, one after the other, against a running server; then the page's calls."""
     aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]  # ICE on loopback only
     speech = fixture_speech(fixture)
     results = [
         await websocket_call(server, fixture, turns, silence_ms),
         await webrtc_call(server, fixture, speech, turns),
     ]
-    return [
+    lines = [
         f"Media paths, one voice call each, {turns} turns (first audio: end of speech sent → first reply audio "
         "received; bytes each way over the whole call, pauses included; WebSocket: JSON frames, WebRTC: "
-        "DTLS transport payload):",
+        "DTLS transport payload; the WebRTC client is aiortc, whose Opus encoder sends 96 kbit/s):",
         "",
         *paths_table(results),
     ]
+    if browser_s > 0:
+        calls = await browser_calls(server, fake_mic_wav(speech, workdir / "mic48k.wav"), browser_s)
+        lines += [
+            "",
+            f"The page in Chromium (its own Opus and VP8 settings), {browser_s:.0f} s of each call while the fake "
+            "mic loops the fixture and a 4 s pause, bytes from the page's transport stats:",
+            "",
+            *browser_table(calls),
+        ]
+    return lines
 
 
 async def main_async(args: argparse.Namespace) -> list[str]:
@@ -296,7 +373,9 @@ async def main_async(args: argparse.Namespace) -> list[str]:
         fixture = make_fixture(Path(tmp))
         flags = ["--vad-silence-ms", str(args.vad_silence_ms), "--engine-cost", args.engine_cost]
         async with server_process(Path(tmp), flags) as server:
-            return await compare_paths(server, fixture, args.turns, args.vad_silence_ms)
+            return await compare_paths(
+                server, fixture, args.turns, args.vad_silence_ms, browser_s=args.browser_s, workdir=Path(tmp)
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -304,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--turns", type=int, default=4, help="Turns per call.")
     p.add_argument("--vad-silence-ms", type=int, default=500, help="Passed to the server.")
     p.add_argument("--engine-cost", default="none", help="Passed to the server.")
+    p.add_argument("--browser-s", type=float, default=20.0, help="Seconds of each page call in Chromium (0 skips).")
     sys.stdout.write("\n".join(asyncio.run(main_async(p.parse_args(argv)))) + "\n")
 
 

@@ -9,7 +9,8 @@
 //
 // What is measured (in `trace.rtc`, from `getStats()` every second): the reply track's inbound-rtp
 // bytes, samples received, audio energy and level, jitter, concealed samples and concealment events
-// (`trace.underruns`: each is a gap the jitter buffer filled with made-up audio), and bytes sent.
+// (`trace.underruns`: each is a gap the jitter buffer filled with made-up audio), the media bytes sent,
+// and the transport's bytes each way.
 // An analyser on the reply track tells when the assistant is audible (`heardMs`) and proves barge-in
 // silences it (`audibleAfterFlush`: analyser ticks with reply audio after a flush and its grace time).
 
@@ -234,6 +235,9 @@ export class RtcCall extends Call {
         this.trace.underruns = (s.concealmentEvents || 0) - this.statsBase;
       } else if (s.type === "outbound-rtp") {
         rtc.bytesSent += s.bytesSent || 0;
+      } else if (s.type === "transport") {
+        rtc.transportBytesSent = s.bytesSent; // everything each way (SRTP, RTCP, SCTP), without UDP/IP headers
+        rtc.transportBytesReceived = s.bytesReceived;
       }
     }
   }
