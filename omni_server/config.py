@@ -159,6 +159,14 @@ def _coerce(f: dataclasses.Field[Any], value: Any, *, source: str) -> Any:
         raise SystemExit(f"{source}: {f.name} must be a {kind.__name__}, got {value!r}") from e
 
 
+def _ice_server_ok(url: str) -> bool:
+    """A STUN/TURN URL, with credentials (if any) as USER:CREDENTIAL@ before the host (docs/webrtc.md)."""
+    scheme, _, rest = url.partition(":")
+    userinfo, at, host = rest.rpartition("@")
+    credentials_ok = not at or (":" in userinfo and not userinfo.startswith(":"))
+    return scheme in ICE_SCHEMES and bool(host) and credentials_ok
+
+
 def _validated(s: Settings) -> Settings:
     checks = [
         (s.engine in ("auto", "minicpmo", "tiny"), "engine must be auto, minicpmo or tiny"),
@@ -171,10 +179,7 @@ def _validated(s: Settings) -> Settings:
         (1024 <= s.max_context_tokens, "max_context_tokens must be at least 1024"),
         (16 <= s.max_new_tokens < s.max_context_tokens // 2, "max_new_tokens must be 16..max_context_tokens/2"),
         ((s.cert is None) == (s.key is None), "--cert and --key go together"),
-        (
-            all(u.split(":", 1)[0] in ICE_SCHEMES for u in s.ice_server),
-            "ice_server must be stun:, stuns:, turn: or turns:",
-        ),
+        (all(map(_ice_server_ok, s.ice_server)), "ice_server must be stun:HOST:PORT or turn:USER:CREDENTIAL@HOST:PORT"),
         (s.log_level in ("debug", "info", "warning", "error"), "log_level must be debug, info, warning or error"),
     ]
     for ok, message in checks:

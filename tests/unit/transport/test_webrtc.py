@@ -30,8 +30,9 @@ def test_ice_server_setting_is_repeatable_and_validated() -> None:
     assert flags.ice_server == ("stun:a:3478", "turn:u:p@b:3478")
     assert load_settings([], {"OMNI_ICE_SERVER": "stun:a:1 stun:b:2"}).ice_server == ("stun:a:1", "stun:b:2")
     assert load_settings([], {}).ice_server == ()
-    with pytest.raises(SystemExit, match="ice_server"):
-        load_settings(["--ice-server", "https://example.org"], {})
+    for bad in ("https://example.org", "turn:alice@turn.example.org:3478", "stun:"):
+        with pytest.raises(SystemExit, match="ice_server"):
+            load_settings(["--ice-server", bad], {})
 
 
 def test_loopback_detection() -> None:
