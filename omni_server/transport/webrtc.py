@@ -53,6 +53,7 @@ from omni_server.protocol import (
 from omni_server.session.manager import SessionManager
 from omni_server.session.session import CallSession, describe_engine
 from omni_server.transport.tracks import ReplyAudioTrack, receive_audio, receive_video
+from omni_server.transport.websocket import _payload, _queued, _quietly, _sender
 
 logger = logging.getLogger(__name__)
 SIGNAL_TIMEOUT_S = 30.0
@@ -162,15 +163,7 @@ class WebRtcEndpoint:
             keep_ice_on_loopback()
 
     async def handle(self, ws: ServerConnection) -> None:
-        async def signal(event_type: str, **fields: Any) -> None:
-            try:
-                await ws.send(encode(event_type, **fields))
-            except ConnectionClosed as e:
-                raise SessionEnded("The client disconnected.", code="disconnected") from e
-
-        async def on_queued(position: int, wait_s: float, length: int) -> None:
-            await signal("session.queued", position=position, estimated_wait_s=wait_s, queue_length=length)
-
+        signal = _sender(ws)  # the signalling socket's events, as the WebSocket API sends them
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
         mode = query.get("mode", ["audio"])[0]
         call_id = self.manager.new_call_id()
@@ -179,19 +172,17 @@ class WebRtcEndpoint:
             if mode not in ("audio", "video"):
                 raise ProtocolError("mode must be audio or video.")
             await signal("webrtc.config", ice_servers=[s.for_page() for s in self.ice_servers])
-            async with self.manager.admission.slot(on_queued):
+            async with self.manager.admission.slot(_queued(signal)):
                 await signal("session.queue_done")
                 reason = await self._serve(ws, signal, call_id, video=mode == "video")
         except (SessionRefused, ProtocolError) as e:
-            with contextlib.suppress(SessionEnded):
-                await signal("error", error=error_payload(e))
+            await _quietly(signal("error", error=error_payload(e)))
             reason = e.code if isinstance(e, SessionRefused) else "error"
         except (ConnectionClosed, SessionEnded):
             reason = "disconnected"
         finally:
             self.manager.forget(call_id)
-            with contextlib.suppress(SessionEnded):
-                await signal("session.closed", session_id=call_id, reason=reason)
+            await _quietly(signal("session.closed", session_id=call_id, reason=reason))
             await ws.close()
             logger.info("webrtc call ended", extra={"session_id": call_id, "reason": reason})
 
@@ -346,9 +337,3 @@ class WebRtcEndpoint:
         except ProtocolError as e:
             with contextlib.suppress(SessionEnded):
                 events.send_now("error", error=error_payload(e))
-
-
-def _payload(e: Exception) -> dict[str, str]:
-    if isinstance(e, AudioFormatError):
-        return {"code": "invalid_audio", "message": str(e)}
-    return error_payload(e)
