@@ -262,7 +262,8 @@ class WebRtcEndpoint:
             try:
                 session.push_audio(samples)
             except ProtocolError as e:  # far ahead of the model: this piece is dropped, the call goes on
-                events.send_now("error", error=error_payload(e))
+                with contextlib.suppress(SessionEnded):
+                    events.send_now("error", error=error_payload(e))
 
         async with asyncio.TaskGroup() as media:
             tasks = [
