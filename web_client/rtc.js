@@ -14,8 +14,8 @@
 // An analyser on the reply track tells when the assistant is audible (`heardMs`) and proves barge-in
 // silences it (`audibleAfterFlush`: analyser ticks with reply audio after a flush and its grace time).
 
-import { Call, SENSITIVITY } from "./call.js";
-import { SUBPROTOCOL, clientStats, realtimeUrl, sessionInit, webrtcOffer } from "./protocol.js";
+import { Call } from "./call.js";
+import { SUBPROTOCOL, clientStats, realtimeUrl, webrtcOffer } from "./protocol.js";
 
 const NEGOTIATION_TIMEOUT_MS = 15000;
 const GATHER_TIMEOUT_MS = 3000;
@@ -66,6 +66,7 @@ export class RtcCall extends Call {
   }
 
   async onSessionQueueDone() {
+    super.onSessionQueueDone(); // session.init, as on the WebSocket path
     this.timers.push(setTimeout(() => this.negotiationFailed("timed out"), NEGOTIATION_TIMEOUT_MS));
     try {
       await this.offer();
@@ -95,10 +96,6 @@ export class RtcCall extends Call {
     };
     await pc.setLocalDescription(await pc.createOffer());
     await this.gathered(pc);
-    const s = this.settings;
-    this.ws.send(
-      sessionInit({ language: s.language, instructions: s.instructions, turnDetection: SENSITIVITY[s.sensitivity] }),
-    );
     this.ws.send(webrtcOffer(pc.localDescription.sdp));
   }
 
@@ -250,7 +247,7 @@ export class RtcCall extends Call {
   }
 
   setCameraOn(on) {
-    this.cameraOn = on;
+    super.setCameraOn(on);
     const [camera] = this.stream ? this.stream.getVideoTracks() : [];
     if (this.cameraSender) this.cameraSender.replaceTrack(on ? camera : null); // off: no frames, not black ones
   }
