@@ -15,7 +15,8 @@ Per turn it measures, at the client:
   first have decided (`audio_end_ms` + silence window), i.e. how far the server's input is behind;
 - *stalls*: gaps in playback when a reply chunk arrives after the previous ones have played out.
 
-Phases: one session for `--turns` turns (the baseline), the same with N concurrent sessions for
+Phases: one session for `--turns` turns (the baseline), one voice call over each media path, WebSocket
+and WebRTC (`bench.webrtc`, `--paths-turns`), the same with N concurrent sessions for
 each N in `--sessions` (bounded by `--duration-s`), and optionally one session against
 `--engine-cost minicpmo-2.6`. The load generator shares the machine's cores with the server.
 
@@ -465,6 +466,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--realistic-turns", type=int, default=3, help="Turns at --engine-cost minicpmo-2.6 (0 skips).")
     p.add_argument("--vad-silence-ms", type=int, default=500, help="Passed to the server.")
     p.add_argument("--seed", type=int, default=0, help="Seeds the callers' start offsets.")
+    p.add_argument("--paths-turns", type=int, default=4, help="Turns per call in the WebRTC/WebSocket comparison.")
+    p.add_argument("--browser-s", type=float, default=20.0, help="Seconds of each page call in Chromium (0 skips).")
     return p.parse_args(argv)
 
 
@@ -478,6 +481,7 @@ async def bench(args: argparse.Namespace) -> list[str]:
         fast = [*common, "--engine-cost", "none", "--max-sessions", str(max([1, *levels]))]
         latency: list[PhaseResult] = []
         concurrent: list[PhaseResult] = []
+        paths: list[str] = []
         async with server_process(workdir, fast) as server:
             latency.append(
                 await run_phase(
@@ -491,6 +495,13 @@ async def bench(args: argparse.Namespace) -> list[str]:
                     seed=args.seed,
                 )
             )
+            if args.paths_turns > 0:
+                from bench.webrtc import compare_paths  # bench.webrtc builds on this module
+
+                compared = await compare_paths(
+                    server, fixture, args.paths_turns, silence, browser_s=args.browser_s, workdir=workdir
+                )
+                paths = ["", *compared]
             for n in levels:
                 concurrent.append(
                     await run_phase(
@@ -525,6 +536,7 @@ async def bench(args: argparse.Namespace) -> list[str]:
         f"20 ms pieces in real time; VAD silence window {silence} ms.",
         "",
         *latency_table(latency, silence),
+        *paths,
         "",
         f"Concurrency (each level ~{args.duration_s:.0f} s of talking; real-time = no failed turn, no stall, "
         f"p95 ≤ {args.ratio_limit}× the 1-session p95 of {baseline:.0f} ms):",

@@ -16,7 +16,7 @@ import secrets
 import ssl
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -29,6 +29,7 @@ from omni_server.protocol import SUBPROTOCOL
 from omni_server.session.manager import SessionManager
 from omni_server.transport import http as web
 from omni_server.transport.tls import server_context
+from omni_server.transport.webrtc import WebRtcEndpoint
 from omni_server.transport.websocket import REALTIME_PATH, RealtimeEndpoint
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class OmniServer:
         self.worker = EngineWorker(engine)
         self.manager = SessionManager(settings, self.worker, SileroVadModel())
         self.endpoint = RealtimeEndpoint(self.manager, engine.info)
+        self.webrtc = WebRtcEndpoint(self.manager, engine.info)
         self.static = web.StaticFiles(settings.web_root)
         self.ready = False
         self.cert_path: Path | None = None
@@ -101,7 +103,11 @@ class OmniServer:
         await asyncio.to_thread(self.worker.close)
 
     async def _handle(self, ws: ServerConnection) -> None:
-        await self.endpoint.handle(ws)
+        query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
+        if query.get("transport") == ["webrtc"]:
+            await self.webrtc.handle(ws)  # WebRTC signalling; media on tracks (docs/webrtc.md)
+        else:
+            await self.endpoint.handle(ws)
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-SECRET_FIELDS = frozenset({"token"})
+SECRET_FIELDS = frozenset({"token", "ice_server"})  # TURN URLs carry credentials
+ICE_SCHEMES = ("stun", "stuns", "turn", "turns")
 
 
 def _opt(default: Any, help: str, *, flag: bool = True) -> Any:
@@ -63,6 +64,13 @@ class Settings:
     max_append_s: float = _opt(5.0, "Most audio one input.append may carry, in seconds.")
     max_frame_bytes: int = _opt(2 * 1024 * 1024, "Largest camera frame (JPEG bytes).")
     max_frame_pixels: int = _opt(4096 * 2304, "Largest camera frame (pixels).")
+    # WebRTC (the page's default media path; docs/webrtc.md).
+    ice_server: tuple[str, ...] = _opt(
+        (),
+        "A STUN or TURN server the server and the page use for WebRTC; repeat for more. stun:HOST:PORT, or "
+        "turn:USER:CREDENTIAL@HOST:PORT[?transport=tcp]. Default: none (host candidates: this machine or its LAN).",
+    )
+    webrtc_connect_timeout_s: float = _opt(15.0, "How long WebRTC may take to connect before the call is refused.")
     # Logs.
     log_level: str = _opt("info", "debug, info, warning or error.")
     log_json: bool = _opt(False, "Log one JSON object per line.")
@@ -90,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         kind = _kind(f)
         if kind is bool:
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
+        elif kind is tuple:
+            parser.add_argument(name, action="append", default=None, help=f.metadata["help"])
         else:
             parser.add_argument(name, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default})")
     return parser
@@ -107,7 +117,7 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
         env = environ.get("OMNI_" + f.name.upper())
         if env is not None:
             values[f.name] = _coerce(f, env, source=f"OMNI_{f.name.upper()}")
-    values.update({k: v for k, v in args.items() if v is not None})
+    values.update({k: tuple(v) if isinstance(v, list) else v for k, v in args.items() if v is not None})
     return _validated(Settings(**values))
 
 
@@ -125,7 +135,7 @@ def _from_toml(path: Path) -> dict[str, Any]:
 
 def _kind(f: dataclasses.Field[Any]) -> type:
     text = str(f.type)
-    for kind in (bool, int, float):
+    for kind in (bool, int, float, tuple):
         if text.startswith(kind.__name__):
             return kind
     return str
@@ -139,9 +149,22 @@ def _coerce(f: dataclasses.Field[Any], value: Any, *, source: str) -> Any:
             if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ValueError(value)
             return lowered in ("1", "true", "yes", "on")
+        if kind is tuple:  # a TOML list, or space-separated in an environment variable
+            items = value.split() if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+                raise TypeError(value)
+            return tuple(items)
         return kind(value)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"{source}: {f.name} must be a {kind.__name__}, got {value!r}") from e
+
+
+def _ice_server_ok(url: str) -> bool:
+    """A STUN/TURN URL, with credentials (if any) as USER:CREDENTIAL@ before the host (docs/webrtc.md)."""
+    scheme, _, rest = url.partition(":")
+    userinfo, at, host = rest.rpartition("@")
+    credentials_ok = not at or (":" in userinfo and not userinfo.startswith(":"))
+    return scheme in ICE_SCHEMES and bool(host) and credentials_ok
 
 
 def _validated(s: Settings) -> Settings:
@@ -156,6 +179,7 @@ def _validated(s: Settings) -> Settings:
         (1024 <= s.max_context_tokens, "max_context_tokens must be at least 1024"),
         (16 <= s.max_new_tokens < s.max_context_tokens // 2, "max_new_tokens must be 16..max_context_tokens/2"),
         ((s.cert is None) == (s.key is None), "--cert and --key go together"),
+        (all(map(_ice_server_ok, s.ice_server)), "ice_server must be stun:HOST:PORT or turn:USER:CREDENTIAL@HOST:PORT"),
         (s.log_level in ("debug", "info", "warning", "error"), "log_level must be debug, info, warning or error"),
     ]
     for ok, message in checks:

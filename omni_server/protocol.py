@@ -75,7 +75,14 @@ class ClientStats:
     played_s: float = 0.0
 
 
-ClientEvent = SessionInit | InputAppend | InputCommit | SessionClose | ClientStats
+@dataclass(frozen=True)
+class WebRtcOffer:
+    """Ours: a WebRTC call's SDP offer, on its signalling socket (docs/webrtc.md)."""
+
+    sdp: str
+
+
+ClientEvent = SessionInit | InputAppend | InputCommit | SessionClose | ClientStats | WebRtcOffer
 
 
 def decode_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
@@ -103,6 +110,11 @@ def decode_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
         return ClientStats(
             underruns=_opt(obj, "underruns", int) or 0, played_s=float(_opt(obj, "played_s", float) or 0.0)
         )
+    if kind == "webrtc.offer":
+        sdp = _opt(obj, "sdp", str)
+        if not sdp:
+            raise ProtocolError("webrtc.offer needs the offer's SDP text in 'sdp'.", code="invalid_sdp")
+        return WebRtcOffer(sdp=sdp)
     raise ProtocolError(f"Unknown event type {kind!r}.", code="unknown_event")
 
 

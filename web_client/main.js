@@ -1,6 +1,7 @@
 // Wires the page: settings and buttons in, one `Call` at a time. `window.omni` is the current call's trace.
 
 import { Call, newTrace } from "./call.js";
+import { RtcCall, webrtcSupported } from "./rtc.js";
 import { CallView } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -12,6 +13,7 @@ function settings() {
     language: $("language").value,
     instructions: $("instructions").value.trim(),
     sensitivity: $("sensitivity").value,
+    transport: $("transport").value,
   };
 }
 
@@ -20,7 +22,22 @@ async function startCall(mode) {
   const trace = newTrace();
   window.omni = trace;
   view.callStarting(mode);
-  call = new Call({ mode, settings: settings(), view, trace });
+  const s = settings();
+  if (s.transport === "webrtc" && webrtcSupported()) {
+    const onFallback = (reason) => startWebSocketCall(mode, s, trace, reason);
+    call = new RtcCall({ mode, settings: s, view, trace, onFallback });
+  } else {
+    trace.transport = "websocket";
+    call = new Call({ mode, settings: s, view, trace });
+  }
+  await call.start();
+}
+
+/** WebRTC did not connect: the same call over the WebSocket path. */
+async function startWebSocketCall(mode, s, trace, reason) {
+  trace.transport = "websocket";
+  view.note(`WebRTC could not connect (${reason}); using the WebSocket instead.`);
+  call = new Call({ mode, settings: s, view, trace });
   await call.start();
 }
 

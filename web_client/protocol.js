@@ -48,6 +48,11 @@ export function inputAppend(audioBase64, videoFrames = []) {
   return JSON.stringify({ type: "input.append", input });
 }
 
+/** Ours: a WebRTC call's offer, on its signalling socket (docs/webrtc.md). */
+export function webrtcOffer(sdp) {
+  return JSON.stringify({ type: "webrtc.offer", sdp });
+}
+
 export function inputCommit() {
   return JSON.stringify({ type: "input.commit" });
 }
@@ -110,6 +115,10 @@ export function dispatchServerEvent(event, h) {
       return h.onConversationTruncated(event);
     case "error":
       return h.onError(event);
+    case "webrtc.config":
+      return h.onWebrtcConfig(event);
+    case "webrtc.answer":
+      return h.onWebrtcAnswer(event);
     default:
       throw new ProtocolError(`unknown server event type ${JSON.stringify(event.type)}`);
   }

@@ -10,6 +10,10 @@ before `streaming_generate` starts. Every output chunk is sent the moment it exi
 Barge-in: speech during a reply (or the client's `force_listen`) abandons the reply generator, which
 the model marks with `<|tts_eos|>` at the next prefill, and tells the client to drop queued audio.
 
+Reply audio goes to the client as base64 `response.output_audio.delta` events, unless the transport
+carries it on a media track: then it sets `audio_sink`, which gets each chunk instead, is told when a
+reply ends, and is flushed on barge-in.
+
 Context: MiniCPM-o was trained to 8192 tokens and never truncates its cache. When the next unit plus a
 reply would not fit, the call rolls over to a fresh model conversation: the system prompt (and so the
 reference voice) is prefilled again, and the assistant's last replies go in as a short text note.
@@ -28,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +57,18 @@ _MEMORY_NOTE = {
     "en": "(Earlier in this call, which was too long to keep in full, you said: {text})",
     "zh": "（本次通话较长，之前的内容已省略。你之前说过：{text}）",
 }
+
+
+class AudioSink(Protocol):
+    """A transport's outgoing audio (a WebRTC track): takes 24 kHz float32 reply audio instead of events."""
+
+    def write(self, samples: Samples) -> None: ...
+
+    def end(self) -> None:
+        """The reply finished normally: play out what is queued."""
+
+    def flush(self) -> None:
+        """Barge-in: drop everything queued, now."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +161,7 @@ class CallSession:
         self.usage = {"input_tokens": 0, "output_tokens": 0, "audio_tokens": 0, "vision_tokens": 0}
         self.late_units = 0
         self.client_underruns = 0  # as the client's player reports them
+        self.audio_sink: AudioSink | None = None  # set before `run` by a transport with an audio track
 
     # ---- called by the transport -------------------------------------------------------------------
 
@@ -286,6 +303,8 @@ class CallSession:
 
     async def _interrupt(self, *, notify: bool = True) -> None:
         """Barge-in: stop the reply within one chunk and tell the client to drop queued audio."""
+        if self.audio_sink is not None:
+            self.audio_sink.flush()  # a reply generated in full may still be playing on the track
         task = self._reply_task
         if task is None or task.done():
             return
@@ -364,6 +383,9 @@ class CallSession:
                         stats.first_audio_at = self._clock()
                         stats.compute_first_audio_s = self._conv.compute_s
                     stats.audio_s += chunk.duration_s
+                    if self.audio_sink is not None:
+                        self.audio_sink.write(chunk.audio)
+                        continue
                     await self._send(
                         "response.output_audio.delta",
                         response_id=response_id,
@@ -374,6 +396,10 @@ class CallSession:
             status = "interrupted"
             raise
         finally:
+            if self.audio_sink is not None and status == "interrupted":
+                self.audio_sink.flush()  # before anything that awaits: barge-in silences at once
+            elif self.audio_sink is not None:
+                self.audio_sink.end()
             if stream is not None:
                 await asyncio.shield(stream.close())
             self._replies.append("".join(text))

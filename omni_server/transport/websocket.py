@@ -29,6 +29,7 @@ from omni_server.protocol import (
     InputCommit,
     SessionClose,
     SessionInit,
+    WebRtcOffer,
     decode_client_event,
     encode,
 )
@@ -158,6 +159,8 @@ class RealtimeEndpoint:
             session.client_underruns = event.underruns
         elif isinstance(event, SessionInit):
             raise ProtocolError("The session is already initialised.", code="already_initialized")
+        elif isinstance(event, WebRtcOffer):
+            raise ProtocolError("webrtc.offer belongs on /v1/realtime?transport=webrtc (docs/webrtc.md).")
 
 
 def _decode_frame(b64: str, settings: Any) -> Any:

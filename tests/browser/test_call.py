@@ -19,9 +19,10 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "call.png"
 
 
 async def open_page(
-    browser: Browser, server: OmniServer, *, width: int = 420
+    browser: Browser, server: OmniServer, *, width: int = 420, transport: str = "websocket"
 ) -> tuple[BrowserContext, Page, list[str]]:
-    """The page at a phone-like width, logged in with the token; the list collects uncaught page errors."""
+    """The page at a phone-like width, logged in with the token, set to a media path (WebRTC is the
+    page's default; these tests are about the WebSocket path); the list collects uncaught page errors."""
     context = await browser.new_context(ignore_https_errors=True, viewport={"width": width, "height": 820})
     page = await context.new_page()
     errors: list[str] = []
@@ -29,6 +30,7 @@ async def open_page(
     await page.goto(server.url("127.0.0.1"))
     assert page.url.endswith(f":{server.port}/"), "the token login redirects to the clean URL"
     page.set_default_timeout(timeout(20) * 1000)
+    await page.select_option("#transport", transport, force=True)  # inside the closed Settings box
     return context, page, errors
 
 
@@ -100,7 +102,7 @@ async def test_video_call_sends_camera_frames(server: OmniServer, launch_browser
 async def test_denied_microphone_shows_a_human_message(server: OmniServer, launch_browser: LaunchBrowser) -> None:
     """Without a permission grant the page explains that the microphone was blocked; no call is made."""
     async with launch_browser(fake_ui=False) as browser:
-        context, page, js_errors = await open_page(browser, server)
+        context, page, js_errors = await open_page(browser, server, transport="webrtc")
         await page.click("#voice-call")
         await wait_js(page, "!document.getElementById('error').hidden")
         message = await page.text_content("#error") or ""
