@@ -24,10 +24,12 @@ from websockets.http11 import Request, Response
 from omni_server.config import Settings
 from omni_server.engine.base import Engine
 from omni_server.engine.worker import EngineWorker
+from omni_server.library.identity import Identity
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import SUBPROTOCOL
 from omni_server.session.manager import SessionManager
 from omni_server.transport import http as web
+from omni_server.transport.library import LIBRARY_PATH, LibraryEndpoint
 from omni_server.transport.tls import server_context
 from omni_server.transport.websocket import REALTIME_PATH, RealtimeEndpoint
 
@@ -45,6 +47,8 @@ class OmniServer:
         self.worker = EngineWorker(engine)
         self.manager = SessionManager(settings, self.worker, SileroVadModel())
         self.endpoint = RealtimeEndpoint(self.manager, engine.info)
+        self.library = LibraryEndpoint(self.manager, Identity(Path(settings.data_dir)))
+        self.endpoint.identify = self.library.identity.user_of
         self.static = web.StaticFiles(settings.web_root)
         self.ready = False
         self.cert_path: Path | None = None
@@ -101,7 +105,10 @@ class OmniServer:
         await asyncio.to_thread(self.worker.close)
 
     async def _handle(self, ws: ServerConnection) -> None:
-        await self.endpoint.handle(ws)
+        if ws.request is not None and urlsplit(ws.request.path).path == LIBRARY_PATH:
+            await self.library.handle(ws)
+        else:
+            await self.endpoint.handle(ws)
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -120,6 +127,6 @@ class OmniServer:
             if not self.ready:
                 return web.text(http.HTTPStatus.SERVICE_UNAVAILABLE, "starting: the model is loading")
             return None  # go on with the WebSocket handshake
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return web.text(http.HTTPStatus.NOT_FOUND, f"The realtime API is at {REALTIME_PATH}.")
-        return self.static.get(path)
+        if path == LIBRARY_PATH or request.headers.get("Upgrade", "").lower() != "websocket":
+            return self.library.route(request, path, self.static.get)  # voice library, or the page
+        return web.text(http.HTTPStatus.NOT_FOUND, f"The realtime API is at {REALTIME_PATH}.")
