@@ -29,7 +29,7 @@ from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import SUBPROTOCOL
 from omni_server.session.manager import SessionManager
 from omni_server.transport import http as web
-from omni_server.transport.library import LIBRARY_PATH, LibraryEndpoint
+from omni_server.transport.library import LIBRARY_PATH, LIBRARY_SUBPROTOCOL, LibraryEndpoint
 from omni_server.transport.tls import server_context
 from omni_server.transport.websocket import REALTIME_PATH, RealtimeEndpoint
 
@@ -74,7 +74,7 @@ class OmniServer:
             self.settings.port,
             ssl=context,
             process_request=self._process_request,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            subprotocols=[SUBPROTOCOL, LIBRARY_SUBPROTOCOL],  # type: ignore[list-item]
             max_size=self.settings.max_message_bytes,
             server_header="omni_server",
         )

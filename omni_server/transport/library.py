@@ -1,7 +1,7 @@
 """The voice library over the one port: a WebSocket for changes and reading aloud, GET routes for reads.
 
 websockets' HTTP parser takes only GET, so there is no POST upload: the page and API clients open
-`/v1/library` and send JSON requests, each with an `id` the reply echoes; `voice.add` is followed by
+`/v1/library` (subprotocol `omni.library`) and send JSON requests, each with an `id` the reply echoes; `voice.add` is followed by
 one binary frame holding the audio file. GET serves `/v1/user` (issue an identity), `/v1/voices`,
 `/v1/voices/<id>.wav` (the prepared clip, for preview) and `/v1/characters`. The page itself is
 served with an identity cookie when the browser has none. Requests run one at a time per socket;
@@ -38,6 +38,7 @@ from omni_server.transport import http as web
 
 logger = logging.getLogger(__name__)
 LIBRARY_PATH = "/v1/library"
+LIBRARY_SUBPROTOCOL = "omni.library"
 _PREVIEW = re.compile(r"^/v1/voices/(v[0-9a-f]{16})\.wav$")
 _PAGE_PATHS = ("/", "/index.html")
 FILE_WAIT_S = 30.0
