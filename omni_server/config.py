@@ -64,8 +64,12 @@ class Settings:
     max_frame_bytes: int = _opt(2 * 1024 * 1024, "Largest camera frame (JPEG bytes).")
     max_frame_pixels: int = _opt(4096 * 2304, "Largest camera frame (pixels).")
     # Voice library: cloned voices, role-play characters, voice-cloning TTS (docs/voices.md).
-    data_dir: str = _opt(str(PACKAGE_ROOT / "data"), "Where voices, characters and the user-id signing secret are kept.")
-    max_voice_bytes: int = _opt(8 * 1024 * 1024, "Largest voice file to upload or record (at most --max-message-bytes).")
+    data_dir: str = _opt(
+        str(PACKAGE_ROOT / "data"), "Where voices, characters and the user-id signing secret are kept."
+    )
+    max_voice_bytes: int = _opt(
+        8 * 1024 * 1024, "Largest voice file to upload or record (at most --max-message-bytes)."
+    )
     max_voice_input_s: float = _opt(120.0, "Longest voice file decoded; decoding stops there and the file is refused.")
     voice_decode_timeout_s: float = _opt(10.0, "Longest time spent decoding one voice file.")
     max_voices_per_user: int = _opt(20, "Voices one person may keep.")
