@@ -2,16 +2,20 @@
 
 import { Call, newTrace } from "./call.js";
 import { CallView } from "./ui.js";
+import { VoicesPanel } from "./voices.js";
 
 const $ = (id) => document.getElementById(id);
 const view = new CallView();
 let call = null;
+const voices = new VoicesPanel(() => $("language").value);
+voices.start();
 
 function settings() {
   return {
     language: $("language").value,
     instructions: $("instructions").value.trim(),
     sensitivity: $("sensitivity").value,
+    ...voices.choice(),
   };
 }
 
