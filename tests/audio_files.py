@@ -20,11 +20,28 @@ FORMATS = {
 }
 
 
-def encode(samples_16k: npt.NDArray[np.float32], ext: str, *, video: bool = False) -> bytes:
-    """`samples_16k` (mono float) as an `ext` file, resampled and up-mixed to that format's usual layout."""
+class _LiveSink:
+    """A write-only stream: muxers cannot seek back to write a duration, as in a browser's MediaRecorder."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> int:
+        self.data += bytes(chunk)
+        return len(chunk)
+
+    def seekable(self) -> bool:
+        return False
+
+
+def encode(samples_16k: npt.NDArray[np.float32], ext: str, *, video: bool = False, live: bool = False) -> bytes:
+    """`samples_16k` (mono float) as an `ext` file, resampled and up-mixed to that format's usual layout.
+
+    `live`: written without seeking, so the container does not say how long it is."""
     fmt, codec, rate, channels = FORMATS[ext]
+    sink = _LiveSink()
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format=fmt) as out:
+    with av.open(sink if live else buf, mode="w", format=fmt) as out:
         vstream = None
         if video:
             vstream = out.add_stream("mpeg4", rate=10)
@@ -51,4 +68,4 @@ def encode(samples_16k: npt.NDArray[np.float32], ext: str, *, video: bool = Fals
                     out.mux(packet)
             for packet in vstream.encode(None):
                 out.mux(packet)
-    return buf.getvalue()
+    return bytes(sink.data) if live else buf.getvalue()

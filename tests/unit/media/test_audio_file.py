@@ -95,3 +95,19 @@ def test_decoding_that_takes_too_long_is_stopped(question: npt.NDArray[np.float3
     times = iter([0.0, *([60.0] * 10_000)])
     with pytest.raises(AudioFileError, match="too long to decode"):
         decode_audio_file(encode(question, "mp3"), LIMITS, clock=lambda: next(times))
+
+
+def test_a_file_that_hides_its_length_is_cut_off_while_decoding() -> None:
+    """A 200-s webm with no duration in its header (as MediaRecorder writes them) stops at the limit, far before its end."""
+    tone = (np.sin(np.arange(200 * 16_000) / 7) * 0.3).astype(np.float32)
+    data = encode(tone, "webm", live=True)
+    checks = 0
+
+    def clock() -> float:
+        nonlocal checks
+        checks += 1  # once per demuxed packet (20 ms of Opus each), plus the start
+        return 0.0
+
+    with pytest.raises(AudioFileError, match="longer than 30 s"):
+        decode_audio_file(data, DecodeLimits(max_duration_s=30.0), clock=clock)
+    assert checks < 0.25 * 200 / 0.02, f"{checks} packets decoded of about 10000"
