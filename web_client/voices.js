@@ -15,7 +15,7 @@ const $ = (id) => document.getElementById(id);
 /** A request/response socket: `request(type, fields, file)` resolves with the reply carrying the same id. */
 class LibrarySocket {
   constructor(onEvent) {
-    this.onEvent = onEvent; // events with an id nobody waits for (tts.delta)
+    this.onEvent = onEvent; // progress events of a request still running (tts.queued, tts.delta)
     this.nextId = 1;
     this.waiting = new Map();
     this.ready = this.open();
@@ -49,7 +49,7 @@ class LibrarySocket {
   }
 
   receive(event) {
-    if (event.type === "tts.delta") return this.onEvent(event);
+    if (event.type === "tts.delta" || event.type === "tts.queued") return this.onEvent(event);
     const waiter = this.waiting.get(event.id);
     if (!waiter) return;
     this.waiting.delete(event.id);
@@ -60,7 +60,7 @@ class LibrarySocket {
 export class VoicesPanel {
   constructor(language) {
     this.language = language; // () => the session language
-    this.socket = new LibrarySocket((e) => this.onTtsDelta(e));
+    this.socket = new LibrarySocket((e) => this.onTtsProgress(e));
     this.voices = [];
     this.characters = [];
     this.editing = null; // the character id the form edits, or null for a new one
@@ -327,8 +327,9 @@ export class VoicesPanel {
     }
   }
 
-  onTtsDelta(event) {
-    this.ttsChunks.push(base64ToF32(event.audio));
+  onTtsProgress(event) {
+    if (event.type === "tts.queued") this.status(`Waiting for the model: number ${event.position} in line.`);
+    else this.ttsChunks.push(base64ToF32(event.audio));
   }
 }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http
 import json
 import logging
@@ -184,20 +185,30 @@ class LibraryEndpoint:
         if language not in ("en", "zh"):
             raise ProtocolError("language must be 'en' or 'zh'.")
         ref = await asyncio.to_thread(self.store.reference, _str(request, "voice_id"), user)
-        chunks = read_aloud(
-            self.manager.worker,
-            f"tts_{secrets.token_hex(4)}",
-            ref,
-            _str(request, "text"),
-            language=language,
-            max_new_tokens=self.settings.max_new_tokens,
-        )
+
+        async def on_queued(position: int, wait_s: float, length: int) -> None:
+            await self._reply(ws, rid, "tts.queued", position=position, estimated_wait_s=wait_s)
+
         audio_s = 0.0
-        async for chunk in chunks:
-            if chunk.audio.size:
-                audio_s += chunk.duration_s
-                b64 = base64.b64encode(chunk.audio.astype("<f4").tobytes()).decode("ascii")
-                await self._reply(ws, rid, "tts.delta", audio=b64, text=chunk.text, sample_rate=OUTPUT_SAMPLE_RATE_HZ)
+        # A reading is model work like a call: it takes one of the engine's call slots while it runs.
+        async with self.manager.admission.slot(on_queued):
+            reading = read_aloud(
+                self.manager.worker,
+                f"tts_{secrets.token_hex(4)}",
+                ref,
+                _str(request, "text"),
+                language=language,
+                max_new_tokens=self.settings.max_new_tokens,
+            )
+            async with contextlib.aclosing(reading) as chunks:  # frees the model conversation if the client goes
+                async for chunk in chunks:
+                    if not chunk.audio.size:
+                        continue
+                    audio_s += chunk.duration_s
+                    b64 = base64.b64encode(chunk.audio.astype("<f4").tobytes()).decode("ascii")
+                    await self._reply(
+                        ws, rid, "tts.delta", audio=b64, text=chunk.text, sample_rate=OUTPUT_SAMPLE_RATE_HZ
+                    )
         await self._reply(ws, rid, "tts.done", audio_s=round(audio_s, 3), sample_rate=OUTPUT_SAMPLE_RATE_HZ)
 
     @staticmethod

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.browser
 
 
 async def test_record_a_voice_and_call_in_it(server: OmniServer, launch_browser: LaunchBrowser) -> None:
-    """Record ~8 s from the mic, the server keeps the trimmed speech, and the next voice call uses it as the reference."""
+    """Record ~8 s from the mic, the server keeps the trimmed speech, the next call uses it, and text is read in it."""
     async with launch_browser() as browser:
         context, page, js_errors = await open_page(browser, server)
         cookies = {c["name"]: c for c in await context.cookies()}
@@ -43,5 +43,13 @@ async def test_record_a_voice_and_call_in_it(server: OmniServer, launch_browser:
         await wait_js(page, "window.omni.states.includes('speaking')")
         await page.click("#hangup")
         await wait_js(page, "window.omni.states.includes('ended')")
+
+        await page.click("#tts summary")
+        await page.fill("#tts-text", "Hello, this is my voice.")
+        await page.click("#tts-read")
+        await page.wait_for_selector("#tts-download:not([hidden])")
+        href = await page.get_attribute("#tts-download", "href")
+        assert href is not None and href.startswith("blob:")
+        assert "Read" in await page.text_content("#voice-status")
         assert js_errors == []
         await context.close()

@@ -67,7 +67,7 @@ class LibraryClient:
         async with asyncio.timeout(timeout(30)):
             while True:
                 event = json.loads(await self.ws.recv())
-                if event.get("id") == rid and event["type"] != "tts.delta":
+                if event.get("id") == rid and event["type"] not in ("tts.delta", "tts.queued"):
                     return event
 
     async def close(self) -> None:
