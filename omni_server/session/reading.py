@@ -9,7 +9,7 @@ Must not import: websockets, aiortc, torch.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +30,7 @@ async def read_aloud(
     *,
     language: str,
     max_new_tokens: int,
-) -> AsyncIterator[OutputChunk]:
+) -> AsyncGenerator[OutputChunk, None]:
     """Yield the reply's chunks (24 kHz speech and the text as the model writes it)."""
     text = text.strip()
     if not text:
