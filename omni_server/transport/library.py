@@ -108,6 +108,9 @@ class LibraryEndpoint:
                         error_payload(e) if isinstance(e, OmniError) else {"code": "invalid_audio", "message": str(e)}
                     )
                     await self._reply(ws, request.get("id"), "error", error=payload)
+                except Exception as e:  # the boundary: log it once, tell the client plainly, keep serving
+                    logger.exception("library request %r failed", request.get("type"))
+                    await self._reply(ws, request.get("id"), "error", error=error_payload(e))
         except ConnectionClosed:
             pass
 
