@@ -24,10 +24,12 @@ from websockets.http11 import Request, Response
 from omni_server.config import Settings
 from omni_server.engine.base import Engine
 from omni_server.engine.worker import EngineWorker
+from omni_server.library.identity import Identity
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import SUBPROTOCOL
 from omni_server.session.manager import SessionManager
 from omni_server.transport import http as web
+from omni_server.transport.library import LIBRARY_PATH, LIBRARY_SUBPROTOCOL, LibraryEndpoint
 from omni_server.transport.tls import server_context
 from omni_server.transport.webrtc import WebRtcEndpoint
 from omni_server.transport.websocket import REALTIME_PATH, RealtimeEndpoint
@@ -47,6 +49,8 @@ class OmniServer:
         self.manager = SessionManager(settings, self.worker, SileroVadModel())
         self.endpoint = RealtimeEndpoint(self.manager, engine.info)
         self.webrtc = WebRtcEndpoint(self.manager, engine.info)
+        self.library = LibraryEndpoint(self.manager, Identity(Path(settings.data_dir)))
+        self.endpoint.identify = self.webrtc.identify = self.library.identity.user_of
         self.static = web.StaticFiles(settings.web_root)
         self.ready = False
         self.cert_path: Path | None = None
@@ -72,7 +76,7 @@ class OmniServer:
             self.settings.port,
             ssl=context,
             process_request=self._process_request,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            subprotocols=[SUBPROTOCOL, LIBRARY_SUBPROTOCOL],  # type: ignore[list-item]
             max_size=self.settings.max_message_bytes,
             server_header="omni_server",
         )
@@ -103,8 +107,10 @@ class OmniServer:
         await asyncio.to_thread(self.worker.close)
 
     async def _handle(self, ws: ServerConnection) -> None:
-        query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
-        if query.get("transport") == ["webrtc"]:
+        target = urlsplit(ws.request.path if ws.request else "")
+        if target.path == LIBRARY_PATH:
+            await self.library.handle(ws)
+        elif parse_qs(target.query).get("transport") == ["webrtc"]:
             await self.webrtc.handle(ws)  # WebRTC signalling; media on tracks (docs/webrtc.md)
         else:
             await self.endpoint.handle(ws)
@@ -126,6 +132,6 @@ class OmniServer:
             if not self.ready:
                 return web.text(http.HTTPStatus.SERVICE_UNAVAILABLE, "starting: the model is loading")
             return None  # go on with the WebSocket handshake
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return web.text(http.HTTPStatus.NOT_FOUND, f"The realtime API is at {REALTIME_PATH}.")
-        return self.static.get(path)
+        if path == LIBRARY_PATH or request.headers.get("Upgrade", "").lower() != "websocket":
+            return self.library.route(request, path, self.static.get)  # voice library, or the page
+        return web.text(http.HTTPStatus.NOT_FOUND, f"The realtime API is at {REALTIME_PATH}.")

@@ -71,6 +71,18 @@ class Settings:
         "turn:USER:CREDENTIAL@HOST:PORT[?transport=tcp]. Default: none (host candidates: this machine or its LAN).",
     )
     webrtc_connect_timeout_s: float = _opt(15.0, "How long WebRTC may take to connect before the call is refused.")
+    # Voice library: cloned voices, role-play characters, voice-cloning TTS (docs/voices.md).
+    data_dir: str = _opt(
+        str(PACKAGE_ROOT / "data"), "Where voices, characters and the user-id signing secret are kept."
+    )
+    max_voice_bytes: int = _opt(
+        8 * 1024 * 1024, "Largest voice file to upload or record (at most --max-message-bytes)."
+    )
+    max_voice_input_s: float = _opt(120.0, "Longest voice file decoded; decoding stops there and the file is refused.")
+    voice_decode_timeout_s: float = _opt(10.0, "Longest time spent decoding one voice file.")
+    max_voices_per_user: int = _opt(20, "Voices one person may keep.")
+    max_characters_per_user: int = _opt(50, "Role-play characters one person may keep.")
+    max_library_bytes: int = _opt(500 * 1024 * 1024, "Disk the whole voice library may use.")
     # Logs.
     log_level: str = _opt("info", "debug, info, warning or error.")
     log_json: bool = _opt(False, "Log one JSON object per line.")
@@ -180,6 +192,7 @@ def _validated(s: Settings) -> Settings:
         (16 <= s.max_new_tokens < s.max_context_tokens // 2, "max_new_tokens must be 16..max_context_tokens/2"),
         ((s.cert is None) == (s.key is None), "--cert and --key go together"),
         (all(map(_ice_server_ok, s.ice_server)), "ice_server must be stun:HOST:PORT or turn:USER:CREDENTIAL@HOST:PORT"),
+        (0 < s.max_voice_bytes <= s.max_message_bytes, "max_voice_bytes must be 1..max_message_bytes"),
         (s.log_level in ("debug", "info", "warning", "error"), "log_level must be debug, info, warning or error"),
     ]
     for ok, message in checks:

@@ -4,7 +4,10 @@
     ├── ProtocolError              a client frame we cannot accept; the session goes on
     │   ├── InvalidAudio           bad base64, wrong size, non-finite samples
     │   ├── InvalidImage           undecodable or oversized camera frame
-    │   └── PayloadTooLarge        a message or a field over its limit
+    │   ├── PayloadTooLarge        a message or a field over its limit
+    │   ├── InvalidVoice           audio that cannot serve as a reference voice (says why)
+    │   ├── NotFound               no such voice or character for this person (or not theirs)
+    │   └── LimitReached           a voice-library limit (count, bytes) is reached
     ├── SessionRefused             no session was made (auth, queue full, shutting down)
     ├── SessionEnded               a server-side limit ended a live session (duration, idle, ...)
     └── EngineError                the model failed while serving one session; that session ends
@@ -42,6 +45,18 @@ class InvalidImage(ProtocolError):
 
 class PayloadTooLarge(ProtocolError):
     code = "payload_too_large"
+
+
+class InvalidVoice(ProtocolError):
+    code = "invalid_voice"
+
+
+class NotFound(ProtocolError):
+    code = "not_found"
+
+
+class LimitReached(ProtocolError):
+    code = "limit_reached"
 
 
 class SessionRefused(OmniError):

@@ -44,6 +44,10 @@ class SessionInit:
     ref_audio_base64: str | None = None  # 16 kHz mono float32 PCM, as the SDK sends it
     max_slice_nums: int | None = None
     # Our additions.
+    ref_audio_file_base64: str | None = None  # an audio file (wav, mp3, m4a, ogg, webm, flac)
+    voice_id: str | None = None  # a voice from the library (docs/voices.md)
+    character_id: str | None = None  # a role-play character from the library
+    greet: bool = True  # a character with a greeting speaks it first
     conversation_mode: str = "assistant"
     language: str = "en"
     instructions: str | None = None
@@ -137,6 +141,10 @@ def _session_init(p: dict[str, Any]) -> SessionInit:
         vision_hd=bool(_opt(config, "vision_hd", bool)),
         ref_audio_base64=_opt(voice, "ref_audio_base64", str),
         max_slice_nums=_opt(p, "max_slice_nums", int),
+        ref_audio_file_base64=_opt(voice, "ref_audio_file_base64", str),
+        voice_id=_opt(voice, "voice_id", str),
+        character_id=_opt(p, "character_id", str),
+        greet=_opt(p, "greet", bool) is not False,
         conversation_mode=mode,
         language=language,
         instructions=_opt(p, "instructions", str),

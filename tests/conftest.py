@@ -49,6 +49,7 @@ def server_settings(tmp_path: Path, **overrides: object) -> Settings:
         "engine": "tiny",
         "token": TOKEN,
         "ssl_dir": str(tmp_path / "ssl"),
+        "data_dir": str(tmp_path / "data"),
         "warm_up": False,
         "max_new_tokens": 48,
     }

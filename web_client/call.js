@@ -75,7 +75,7 @@ export function newTrace() {
 export class Call {
   constructor({ mode, settings, view, trace }) {
     this.mode = mode; // "audio" | "video"
-    this.settings = settings; // {language, instructions, sensitivity}
+    this.settings = settings; // {language, instructions, sensitivity, voiceId, characterId}
     this.view = view;
     this.trace = trace;
     this.state = null;
@@ -280,7 +280,13 @@ export class Call {
   onSessionQueueDone() {
     const s = this.settings;
     this.ws.send(
-      sessionInit({ language: s.language, instructions: s.instructions, turnDetection: SENSITIVITY[s.sensitivity] }),
+      sessionInit({
+        language: s.language,
+        instructions: s.instructions,
+        turnDetection: SENSITIVITY[s.sensitivity],
+        voiceId: s.voiceId,
+        characterId: s.characterId,
+      }),
     );
   }
 

@@ -3,10 +3,13 @@
 import { Call, newTrace } from "./call.js";
 import { RtcCall, webrtcSupported } from "./rtc.js";
 import { CallView } from "./ui.js";
+import { VoicesPanel } from "./voices.js";
 
 const $ = (id) => document.getElementById(id);
 const view = new CallView();
 let call = null;
+const voices = new VoicesPanel(() => $("language").value);
+voices.start();
 
 function settings() {
   return {
@@ -14,6 +17,7 @@ function settings() {
     instructions: $("instructions").value.trim(),
     sensitivity: $("sensitivity").value,
     transport: $("transport").value,
+    ...voices.choice(),
   };
 }
 

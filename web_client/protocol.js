@@ -35,9 +35,18 @@ export function base64ToF32(text) {
 
 // ---- client events --------------------------------------------------------------------------------
 
-export function sessionInit({ language = "en", instructions = "", turnDetection = null, mode = "assistant" } = {}) {
+export function sessionInit({
+  language = "en",
+  instructions = "",
+  turnDetection = null,
+  mode = "assistant",
+  voiceId = "",
+  characterId = "",
+} = {}) {
   const payload = { mode, language };
   if (instructions) payload.instructions = instructions;
+  if (voiceId) payload.voice = { voice_id: voiceId };
+  if (characterId) payload.character_id = characterId;
   if (turnDetection) payload.turn_detection = { type: "server_vad", barge_in: true, ...turnDetection };
   return JSON.stringify({ type: "session.init", payload });
 }

@@ -24,7 +24,7 @@ import numpy as np
 from omni_server.config import Settings
 from omni_server.engine.worker import EngineWorker
 from omni_server.errors import SessionRefused
-from omni_server.media.pcm import decode_f32_base64
+from omni_server.library.choice import choose_voice, decode_limits_for, store_for
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import SessionInit
 from omni_server.session.session import CallConfig, CallSession, Send
@@ -32,7 +32,6 @@ from omni_server.session.turns import TurnConfig
 
 logger = logging.getLogger(__name__)
 OnQueued = Callable[[int, float, int], Awaitable[None]]  # (position, estimated_wait_s, queue_length)
-MAX_REFERENCE_S = 60.0
 
 
 class Admission:
@@ -118,18 +117,21 @@ class SessionManager:
         self.vad_model = vad_model
         self.admission = Admission(settings.max_sessions, settings.max_queue)
         self.sessions: dict[str, CallSession] = {}
+        self.voices = store_for(settings)
+        self.decode_limits = decode_limits_for(settings)
 
     def new_call_id(self) -> str:
         return f"rt_{int(time.time() * 1000)}_{secrets.token_hex(3)}"
 
-    def call_config(self, init: SessionInit, *, video: bool) -> CallConfig:
-        """Resolve a client's `session.init` against the server's settings and limits."""
+    def call_config(self, init: SessionInit, *, video: bool, user: str | None = None) -> CallConfig:
+        """Resolve a client's `session.init` against the server's settings, limits and `user`'s library.
+
+        Blocking (a voice is read or decoded): call it in a thread."""
         s = self.settings
         td = init.turn_detection
-        ref = None
-        if init.ref_audio_base64:
-            ref = decode_f32_base64(init.ref_audio_base64, max_samples=int(MAX_REFERENCE_S * 16_000))
-        instructions = "\n".join(t for t in (init.system_prompt, init.instructions) if t) or None
+        voice = choose_voice(init, user, self.voices, self.vad_model, self.decode_limits)
+        ref = voice.ref_audio
+        instructions = "\n".join(t for t in (voice.persona, init.system_prompt, init.instructions) if t) or None
         max_new_tokens = s.max_new_tokens if init.max_tokens is None else max(1, min(init.max_tokens, s.max_new_tokens))
         max_context = s.max_context_tokens
         if init.max_kv_tokens is not None:
@@ -138,10 +140,11 @@ class SessionManager:
         threshold = td.threshold if td.threshold is not None else s.vad_threshold
         return CallConfig(
             video=video,
-            conversation_mode=init.conversation_mode,
+            conversation_mode=voice.conversation_mode,
             language=init.language,
             instructions=instructions,
             ref_audio=None if ref is None else np.ascontiguousarray(ref, dtype=np.float32),
+            greeting=voice.greeting,
             max_new_tokens=max_new_tokens,
             temperature=init.temperature,
             tts_enabled=init.tts_enabled,

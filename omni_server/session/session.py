@@ -57,6 +57,10 @@ _MEMORY_NOTE = {
     "en": "(Earlier in this call, which was too long to keep in full, you said: {text})",
     "zh": "（本次通话较长，之前的内容已省略。你之前说过：{text}）",
 }
+_GREETING = {  # role-play: the user turn that makes the character speak first
+    "en": 'The call has just started. Greet me in character, beginning with: "{greeting}"',
+    "zh": "通话刚刚开始。请以角色的身份向我问好，开头说：“{greeting}”",
+}
 
 
 class AudioSink(Protocol):
@@ -80,6 +84,7 @@ class CallConfig:
     language: str = "en"
     instructions: str | None = None
     ref_audio: Samples | None = None
+    greeting: str | None = None  # role-play: spoken first, before the user says anything
     max_new_tokens: int = 256
     temperature: float | None = None
     tts_enabled: bool = True
@@ -213,6 +218,8 @@ class CallSession:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                if self.config.greeting:
+                    await self._greet(self.config.greeting)
                 tg.create_task(self._input_loop(), name=f"{self.id}-input")
                 tg.create_task(self._duration_limit(), name=f"{self.id}-limit")
         except* SessionEnded as group:
@@ -297,6 +304,17 @@ class CallSession:
         stats.reply_start_at = self._clock()
         assert self._tg is not None
         self._reply_task = self._tg.create_task(self._reply(stats), name=f"{self.id}-reply")
+
+    async def _greet(self, greeting: str) -> None:
+        """Start a reply to a text turn asking for the greeting; the user can talk over it as over any reply."""
+        prompt = _GREETING[self.config.language].format(greeting=greeting)
+        before = self._conv.context_tokens
+        after = await self._worker.prefill(self._conv, [{"role": "user", "content": [prompt]}])
+        self._count_input(after - before, audio_s=0.0)
+        now = self._clock()
+        stats = TurnStats(speech_end_at=now, reply_start_at=now, compute_start_s=self._conv.compute_s)
+        assert self._tg is not None
+        self._reply_task = self._tg.create_task(self._reply(stats), name=f"{self.id}-greeting")
 
     def _replying(self) -> bool:
         return self._reply_task is not None and not self._reply_task.done()

@@ -53,7 +53,7 @@ from omni_server.protocol import (
 from omni_server.session.manager import SessionManager
 from omni_server.session.session import CallSession, describe_engine
 from omni_server.transport.tracks import ReplyAudioTrack, receive_audio, receive_video
-from omni_server.transport.websocket import _payload, _queued, _quietly, _sender
+from omni_server.transport.websocket import Identify, _payload, _queued, _quietly, _sender, anonymous
 
 logger = logging.getLogger(__name__)
 SIGNAL_TIMEOUT_S = 30.0
@@ -159,6 +159,7 @@ class WebRtcEndpoint:
         self.engine_info = engine_info
         self.settings = manager.settings
         self.ice_servers = [IceServer.parse(url) for url in self.settings.ice_server]
+        self.identify: Identify = anonymous
         if is_loopback(self.settings.host):
             keep_ice_on_loopback()
 
@@ -189,7 +190,8 @@ class WebRtcEndpoint:
     async def _serve(self, ws: ServerConnection, signal: Any, call_id: str, *, video: bool) -> str:
         init, offer = await self._wait_for_offer(ws, signal)
         try:
-            config = self.manager.call_config(init, video=video)
+            user = self.identify(ws.request.path, ws.request.headers.raw_items()) if ws.request else None
+            config = await asyncio.to_thread(self.manager.call_config, init, video=video, user=user)
         except (OmniError, AudioFormatError) as e:
             await signal("error", error=_payload(e))
             return "error"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -41,6 +42,13 @@ INIT_TIMEOUT_S = 30.0
 REALTIME_PATH = "/v1/realtime"
 
 
+Identify = Callable[[str, Iterable[tuple[str, str]]], str | None]  # (request path, headers) -> user id
+
+
+def anonymous(path: str, headers: Iterable[tuple[str, str]]) -> str | None:
+    return None
+
+
 class RealtimeEndpoint:
     """Serves one WebSocket connection per call of `handle`."""
 
@@ -48,6 +56,7 @@ class RealtimeEndpoint:
         self.manager = manager
         self.engine_info = engine_info
         self.settings = manager.settings
+        self.identify: Identify = anonymous
 
     async def handle(self, ws: ServerConnection) -> None:
         send = _sender(ws)
@@ -76,8 +85,9 @@ class RealtimeEndpoint:
 
     async def _serve(self, ws: ServerConnection, send: Any, call_id: str, *, video: bool) -> str:
         init = await self._wait_for_init(ws, send)
+        user = self.identify(ws.request.path, ws.request.headers.raw_items()) if ws.request else None
         try:
-            config = self.manager.call_config(init, video=video)
+            config = await asyncio.to_thread(self.manager.call_config, init, video=video, user=user)
         except (OmniError, AudioFormatError) as e:
             await send("error", error=_payload(e))
             return "error"

@@ -31,8 +31,13 @@ class RawClient:
         self.events: list[dict[str, Any]] = []
 
     @classmethod
-    async def connect(cls, server: OmniServer, mode: str = "audio", token: str | None = TOKEN, **kw: Any) -> RawClient:
+    async def connect(
+        cls, server: OmniServer, mode: str = "audio", token: str | None = TOKEN, *, user: str | None = None, **kw: Any
+    ) -> RawClient:
+        """`user`: a voice-library credential, sent as `X-Omni-User`."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if user:
+            headers["X-Omni-User"] = user
         ws = await connect(
             f"wss://127.0.0.1:{server.port}/v1/realtime?mode={mode}&model=minicpm-o-2.6",
             ssl=client_ssl(server),

@@ -62,3 +62,22 @@ def test_size_and_binary_frames() -> None:
         decode_client_event("x" * 100, max_bytes=10)
     with pytest.raises(ProtocolError):
         decode_client_event(b"\x00\x01", max_bytes=10)
+
+
+def test_library_voice_and_character_fields() -> None:
+    """Ours: voice.voice_id, voice.ref_audio_file_base64, character_id and greet; wrong types are refused."""
+    event = decode(
+        {
+            "type": "session.init",
+            "payload": {
+                "voice": {"voice_id": "v1", "ref_audio_file_base64": "UklG"},
+                "character_id": "c1",
+                "greet": False,
+            },
+        }
+    )
+    assert isinstance(event, SessionInit)
+    assert (event.voice_id, event.ref_audio_file_base64, event.character_id, event.greet) == ("v1", "UklG", "c1", False)
+    assert decode({"type": "session.init", "payload": {}}).greet is True  # type: ignore[attr-defined]
+    with pytest.raises(ProtocolError, match="voice_id"):
+        decode({"type": "session.init", "payload": {"voice": {"voice_id": 7}}})

@@ -1,0 +1,54 @@
+"""Voice-cloning text-to-speech: text read aloud in a reference voice, as one short model conversation.
+
+MiniCPM-o's `voice_cloning` mode puts the reference in the system turn ("Clone the voice in the
+provided audio prompt." + audio); the user turn asks it to read the text, and the reply's speech is
+the reading. The conversation is released as soon as the reading ends or its consumer stops.
+
+Must not import: websockets, aiortc, torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import numpy as np
+import numpy.typing as npt
+
+from omni_server.engine.base import OutputChunk
+from omni_server.engine.worker import EngineWorker
+from omni_server.errors import ProtocolError
+
+MAX_TEXT_CHARS = 1000
+READ_PROMPT = {"en": "Please read the text below.", "zh": "请朗读下面的文字。"}
+
+
+async def read_aloud(
+    worker: EngineWorker,
+    conversation_id: str,
+    ref_audio: npt.NDArray[np.float32],
+    text: str,
+    *,
+    language: str,
+    max_new_tokens: int,
+) -> AsyncGenerator[OutputChunk, None]:
+    """Yield the reply's chunks (24 kHz speech and the text as the model writes it)."""
+    text = text.strip()
+    if not text:
+        raise ProtocolError("Type something to read aloud.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ProtocolError(f"The text is {len(text)} characters; at most {MAX_TEXT_CHARS} can be read at once.")
+    conv = worker.open(conversation_id)
+    try:
+        system = await worker.run(
+            conv, lambda m: m.get_sys_prompt(ref_audio=ref_audio, mode="voice_cloning", language=language)
+        )
+        await worker.prefill(conv, [system])
+        await worker.prefill(conv, [{"role": "user", "content": [READ_PROMPT[language] + "\n" + text]}])
+        stream = await worker.reply(conv, max_new_tokens=max_new_tokens, generate_audio=True)
+        try:
+            while (chunk := await stream.next()) is not None:
+                yield chunk
+        finally:
+            await stream.close()
+    finally:
+        await worker.release(conv)
