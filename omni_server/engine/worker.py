@@ -6,10 +6,13 @@ conversation's state in (references only: the KV cache is never copied) and the 
 That lets one loaded model serve several conversations, interleaved call by call — including between
 the output chunks of a reply, because a reply is pulled one `next()` at a time.
 
-Scheduling is earliest-deadline-first: each job carries the time by which it should finish (a prefill
-before the next unit arrives, a reply chunk before the listener runs out of audio), so short prefills
-and urgent first chunks overtake chunks for listeners who are still well supplied, and since deadlines
-are absolute times, nobody starves.
+Scheduling is earliest-deadline-first over start-by times: each job carries the time by which it
+should start (a unit's prefill within a bound of its arrival; a reply chunk its own compute time before
+the listener runs out of audio; a reply's first chunk shortly after the user's turn ended; the caller
+computes these, see session.py and docs/capacity.md). Short prefills and chunks for listeners about to
+run dry overtake chunks for listeners who are still well supplied. Deadlines are absolute times, so a
+waiting job only grows more urgent relative to newer ones and nobody starves; equal deadlines go in
+arrival order. Jobs are not preempted: one call is one model step (a prefill or one output chunk).
 
 Must not import: sockets, websockets, aiortc, omni_server.session, omni_server.transport.
 """
@@ -76,6 +79,7 @@ class EngineWorker:
         self._active: Conversation | None = None
         self._stopping = False
         self.busy_s = 0.0  # total model time, for utilisation metrics
+        self.swaps = 0  # times one conversation's state replaced another's on the model
         self._thread = threading.Thread(target=self._run_loop, name="engine-worker", daemon=True)
         self._thread.start()
 
@@ -219,6 +223,7 @@ class EngineWorker:
         attrs = self.engine.state_attrs
         if self._active is not None:
             self._active.state = {name: getattr(model, name) for name in attrs}
+            self.swaps += 1
         if conv.state is None:
             model.reset_session()  # a new conversation starts from nothing
         else:
