@@ -79,7 +79,6 @@ class EngineWorker:
         self._active: Conversation | None = None
         self._stopping = False
         self.busy_s = 0.0  # total model time, for utilisation metrics
-        self.swaps = 0  # times one conversation's state replaced another's on the model
         self._thread = threading.Thread(target=self._run_loop, name="engine-worker", daemon=True)
         self._thread.start()
 
@@ -223,7 +222,6 @@ class EngineWorker:
         attrs = self.engine.state_attrs
         if self._active is not None:
             self._active.state = {name: getattr(model, name) for name in attrs}
-            self.swaps += 1
         if conv.state is None:
             model.reset_session()  # a new conversation starts from nothing
         else:
