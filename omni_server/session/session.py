@@ -284,14 +284,14 @@ class CallSession:
 
     async def _feed_units(self, samples: Samples) -> None:
         for unit in self._cutter.feed(samples):
-            await self._prefill_unit(unit, deadline=self._received_at + PREFILL_BOUND_S)
+            await self._prefill_unit(unit, arrived=self._received_at)
 
     async def _end_turn(self) -> None:
         self._in_turn = not self.config.turn_detection
         stats = TurnStats(speech_end_at=self._clock(), compute_start_s=self._conv.compute_s)
         tail = self._cutter.flush()
         if tail is not None:
-            await self._prefill_unit(tail, deadline=stats.speech_end_at)  # the reply waits on it
+            await self._prefill_unit(tail, arrived=stats.speech_end_at, bound_s=0.0)  # the reply waits on it
         stats.reply_start_at = self._clock()
         assert self._tg is not None
         self._reply_task = self._tg.create_task(self._reply(stats), name=f"{self.id}-reply")
@@ -326,7 +326,7 @@ class CallSession:
         after = await self._worker.prefill(self._conv, [msg], max_slice_nums=cfg.max_slice_nums)
         self._count_input(after - before, audio_s=0.0 if ref is None else len(ref) / INPUT_SAMPLE_RATE_HZ)
 
-    async def _prefill_unit(self, audio: Samples, *, deadline: float) -> None:
+    async def _prefill_unit(self, audio: Samples, *, arrived: float, bound_s: float = PREFILL_BOUND_S) -> None:
         reserve = self.config.max_new_tokens + 32
         if self._conv.context_tokens + self._unit_tokens + reserve > self.config.max_context_tokens:
             await self._roll_over()
@@ -339,9 +339,9 @@ class CallSession:
             self._conv,
             [{"role": "user", "content": content}],
             max_slice_nums=self.config.max_slice_nums,
-            deadline=deadline,
+            deadline=arrived + bound_s,
         )
-        if self._clock() - self._received_at > PREFILL_BOUND_S:
+        if self._clock() - arrived > PREFILL_BOUND_S:
             self.late_units += 1
         added = after - before
         self._unit_tokens = max(self._unit_tokens, added)
