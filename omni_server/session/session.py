@@ -370,16 +370,15 @@ class CallSession:
         status, text = "completed", []
         stream: ReplyStream | None = None
         self._playback = stats.playback
-        step_s = 0.0  # model time of the last chunk: the next one is due that much before it is needed
+        step_s = 0.0  # model time of a chunk: the next one is due that much before it is needed
         try:
             stream = await self._worker.reply(self._conv, **gen_kwargs)
             while True:
-                compute_before = self._conv.compute_s
-                chunk = await stream.next(deadline=self._chunk_deadline(stats, step_s))
+                chunk = await stream.next(deadline=self._chunk_deadline(stats, step_s), read_ahead=True)
                 if chunk is None:
                     break
                 if stats.first_audio_at is not None:  # the first chunk's cost says nothing about later ones
-                    step_s = self._conv.compute_s - compute_before
+                    step_s = stream.step_s
                 if chunk.text:
                     text.append(chunk.text)
                     await self._send("response.output_text.delta", response_id=response_id, text=chunk.text)
