@@ -48,7 +48,10 @@ logger = logging.getLogger(__name__)
 Send = Callable[..., Awaitable[None]]  # send(event_type, **fields)
 Samples = npt.NDArray[np.float32]
 # Scheduling (see docs/capacity.md): every model call carries the time by which it should start.
-PREFILL_BOUND_S = 1.0  # a unit is prefilled within this long of its last sample arriving
+PREFILL_BOUND_S = 1.0  # a unit prefilled later than this after its last sample arrived counts as late
+# ... but is due much sooner: the input loop (and so turn detection) waits on each prefill, and a unit
+# costs tens of ms, so it goes ahead of any reply chunk whose listener has more than this buffered.
+PREFILL_START_S = 0.2
 FIRST_CHUNK_SLACK_S = 0.5  # a reply's first chunk may yield this long to calls whose listener would run dry
 PLAYBACK_GUARD_S = 0.1  # a later chunk is due this long (plus its own compute) before the listener runs dry
 # Pieces up to this size run silero on the event loop (at most ~2 ms); longer ones go to a thread.
@@ -326,7 +329,7 @@ class CallSession:
         after = await self._worker.prefill(self._conv, [msg], max_slice_nums=cfg.max_slice_nums)
         self._count_input(after - before, audio_s=0.0 if ref is None else len(ref) / INPUT_SAMPLE_RATE_HZ)
 
-    async def _prefill_unit(self, audio: Samples, *, arrived: float, bound_s: float = PREFILL_BOUND_S) -> None:
+    async def _prefill_unit(self, audio: Samples, *, arrived: float, bound_s: float = PREFILL_START_S) -> None:
         reserve = self.config.max_new_tokens + 32
         if self._conv.context_tokens + self._unit_tokens + reserve > self.config.max_context_tokens:
             await self._roll_over()
