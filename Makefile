@@ -16,8 +16,10 @@ run: $(STAMP)
 test: $(STAMP) system-deps
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONASYNCIODEBUG=1 $(PY) -m pytest -q $(ARGS)
 
+# BENCH=realtime (the WebSocket API's latency and load) or BENCH=capacity (calls per model, bench/capacity.py).
+BENCH  ?= realtime
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m bench.realtime $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.$(BENCH) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check omni_server tests bench examples

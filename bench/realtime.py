@@ -84,15 +84,20 @@ def append_frame(samples: Samples) -> str:
     return json.dumps({"type": "input.append", "input": {"audio": audio}})
 
 
-def make_fixture(workdir: Path, text: str = SENTENCE) -> Fixture:
-    """espeak-ng speech resampled by sox to 16 kHz mono 16-bit; the end is found before any padding."""
+def espeak(workdir: Path, text: str) -> Samples:
+    """espeak-ng speech resampled by sox to 16 kHz mono 16-bit, cut after its last loud sample."""
     raw, wav = workdir / "raw.wav", workdir / "speech.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text], check=True)
     subprocess.run(["sox", str(raw), "-r", str(INPUT_RATE_HZ), "-c", "1", "-b", "16", str(wav)], check=True)
     speech, rate = sf.read(wav, dtype="float32")
     assert rate == INPUT_RATE_HZ
     loud = np.flatnonzero(np.abs(speech) >= SPEECH_END_THRESHOLD * float(np.max(np.abs(speech))))
-    speech = np.asarray(speech[: int(loud[-1]) + 1], dtype=np.float32)  # drop espeak's trailing silence
+    return np.asarray(speech[: int(loud[-1]) + 1], dtype=np.float32)  # drop espeak's trailing silence
+
+
+def make_fixture(workdir: Path, text: str = SENTENCE) -> Fixture:
+    """The utterance after a short lead silence, as 20 ms frames; the end is found before any padding."""
+    speech = espeak(workdir, text)
     lead = np.zeros(int(LEAD_SILENCE_S * INPUT_RATE_HZ), np.float32)
     audio = np.concatenate([lead, speech])
     end_sample = len(audio) - 1

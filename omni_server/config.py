@@ -53,6 +53,12 @@ class Settings:
     max_context_tokens: int = _opt(8192, "Context the model was trained to; older turns are dropped beyond it.")
     max_call_s: float = _opt(1800.0, "Longest call, in seconds.")
     idle_timeout_s: float = _opt(120.0, "A call that sends no audio for this long is closed.")
+    # Capacity (docs/capacity.md): the KV memory budget admission counts against, besides max_sessions.
+    kv_budget_gb: float = _opt(
+        0.0,
+        "Memory for conversations' KV caches in GB (0: no limit); each call reserves max_context_tokens × the "
+        "engine's KV bytes per token (MiniCPM-o 2.6: 56 KiB, 0.47 GB at 8192 tokens).",
+    )
     # Turn-taking (silero-vad).
     vad_threshold: float = _opt(0.5, "Speech probability that counts as speech.")
     vad_silence_ms: int = _opt(500, "Silence that ends the user's turn.")
@@ -186,6 +192,7 @@ def _validated(s: Settings) -> Settings:
         (s.dtype in ("bf16", "fp16", "fp32"), "dtype must be bf16, fp16 or fp32"),
         (0 < s.port < 65536 or s.port == 0, "port must be 0..65535"),
         (s.max_sessions >= 1 and s.max_queue >= 0, "max_sessions must be >= 1 and max_queue >= 0"),
+        (s.kv_budget_gb >= 0, "kv_budget_gb must be >= 0"),
         (0.0 < s.vad_threshold < 1.0, "vad_threshold must be between 0 and 1"),
         (s.vad_silence_ms >= 100, "vad_silence_ms must be at least 100"),
         (1024 <= s.max_context_tokens, "max_context_tokens must be at least 1024"),

@@ -95,6 +95,7 @@ class EngineInfo:
     device: str
     dtype: str
     replies_are_noise: bool  # True for the tiny engine: random weights say nothing meaningful
+    kv_bytes_per_token: int = 0  # LLM KV-cache growth per context token (admission's memory budget)
 
     def banner(self) -> str:
         text = f"engine {self.name} ({self.model}) on {self.device}/{self.dtype}"
@@ -151,6 +152,14 @@ def to_output_chunk(item: Any) -> OutputChunk:
 def clean_text(text: str) -> str:
     """Drop special tokens (`<|tts_eos|>`, ...) the model leaves in its raw text."""
     return _SPECIAL_TOKEN.sub("", text).replace("\ufffd", "")
+
+
+def kv_bytes_per_token(config: Any, element_bytes: int) -> int:
+    """Bytes a transformers LLM's KV cache grows by per token: a key and a value per layer and KV head."""
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return 2 * int(config.num_hidden_layers) * kv_heads * head_dim * element_bytes
 
 
 def context_tokens(model: OmniModel) -> int:

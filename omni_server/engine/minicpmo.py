@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omni_server.engine.base import Engine, EngineInfo
+from omni_server.engine.base import Engine, EngineInfo, kv_bytes_per_token
 from omni_server.errors import EngineError
 
 logger = logging.getLogger(__name__)
@@ -71,5 +71,14 @@ def load_minicpmo(model: str = DEFAULT_MODEL, *, device: str = "cuda", dtype: st
         raise EngineError("Not enough GPU memory to load MiniCPM-o 2.6 (about 19 GiB in bf16).") from e
     except ImportError as e:
         raise EngineError(f"MiniCPM-o 2.6's code could not import: {e}. Check requirements_o2.6.txt.") from e
-    info = EngineInfo(name="minicpm-o-2.6", model=model, device=device, dtype=dtype, replies_are_noise=False)
+    # Qwen2-7B inside: 28 layers × 4 KV heads × 128 × (key + value) × 2 bytes = 56 KiB per token in bf16/fp16.
+    per_token = kv_bytes_per_token(llm.config, element_bytes=torch_dtype.itemsize)
+    info = EngineInfo(
+        name="minicpm-o-2.6",
+        model=model,
+        device=device,
+        dtype=dtype,
+        replies_are_noise=False,
+        kv_bytes_per_token=per_token,
+    )
     return Engine(model=llm, tokenizer=tokenizer, info=info)

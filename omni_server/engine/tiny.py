@@ -66,7 +66,13 @@ from transformers.cache_utils import DynamicCache
 from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 from transformers.utils import ModelOutput
 
-from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, OUTPUT_SAMPLE_RATE_HZ, Engine, EngineInfo
+from omni_server.engine.base import (
+    INPUT_SAMPLE_RATE_HZ,
+    OUTPUT_SAMPLE_RATE_HZ,
+    Engine,
+    EngineInfo,
+    kv_bytes_per_token,
+)
 from omni_server.engine.cost import EngineCost
 from omni_server.engine.prompts import sys_prompt
 
@@ -629,5 +635,12 @@ def build_tiny_engine(seed: int = 0, cost: EngineCost | None = None) -> Engine:
     """The tiny engine: seeded random weights, CPU, fp32; `cost` makes it as slow as the real model."""
     tokenizer = build_tiny_tokenizer()
     model = TinyOmniModel(tokenizer, seed=seed, cost=cost)
-    info = EngineInfo(name="tiny", model="tiny-random", device="cpu", dtype="fp32", replies_are_noise=True)
+    info = EngineInfo(
+        name="tiny",
+        model="tiny-random",
+        device="cpu",
+        dtype="fp32",
+        replies_are_noise=True,
+        kv_bytes_per_token=kv_bytes_per_token(model.llm.config, element_bytes=4),
+    )
     return Engine(model, tokenizer, info, extra_state_attrs=EXTRA_STATE_ATTRS)

@@ -6,10 +6,17 @@ conversation's state in (references only: the KV cache is never copied) and the 
 That lets one loaded model serve several conversations, interleaved call by call — including between
 the output chunks of a reply, because a reply is pulled one `next()` at a time.
 
-Scheduling is earliest-deadline-first: each job carries the time by which it should finish (a prefill
-before the next unit arrives, a reply chunk before the listener runs out of audio), so short prefills
-and urgent first chunks overtake chunks for listeners who are still well supplied, and since deadlines
-are absolute times, nobody starves.
+Scheduling is earliest-deadline-first over start-by times: each job carries the time by which it
+should start (a unit's prefill within a bound of its arrival; a reply chunk its own compute time before
+the listener runs out of audio; a reply's first chunk shortly after the user's turn ended; the caller
+computes these, see session.py and docs/capacity.md). Short prefills and chunks for listeners about to
+run dry overtake chunks for listeners who are still well supplied. Deadlines are absolute times, so a
+waiting job only grows more urgent relative to newer ones and nobody starves; equal deadlines go in
+arrival order. Jobs are not preempted: one call is one model step (a prefill or one output chunk).
+A reply keeps its next step queued while the current one runs (`ReplyStream.next(read_ahead=True)`):
+otherwise, the moment a chunk finished, the worker would start whatever else was waiting (another
+reply's ~1 s first chunk, say) before the session had even asked for the next chunk of a listener
+about to run dry.
 
 Must not import: sockets, websockets, aiortc, omni_server.session, omni_server.transport.
 """
@@ -92,24 +99,27 @@ class EngineWorker:
         deadline: float | None = None,
     ) -> T:
         """Run `fn(model)` on the worker thread with `conv`'s state swapped in."""
+        return await self.submit(conv, fn, deadline=deadline)  # cancelling marks the future; the worker skips it
+
+    def now(self) -> float:
+        """The clock deadlines are read against."""
+        return self._clock()
+
+    def submit(
+        self, conv: Conversation, fn: Callable[[OmniModel], T], *, deadline: float | None = None
+    ) -> asyncio.Future[T]:
+        """Queue `fn(model)` and return its future at once (to queue the next step before awaiting one)."""
         if conv.closed:
             raise EngineError("This conversation has already ended.")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        job = _Job(
-            self._clock() if deadline is None else deadline,
-            next(self._seq),
-            conv,
-            fn,
-            future,
-            loop,
-        )
+        job = _Job(self._clock() if deadline is None else deadline, next(self._seq), conv, fn, future, loop)
         with self._cv:
             if self._stopping:
                 raise EngineError("The engine is shutting down.")
             heapq.heappush(self._jobs, job)
             self._cv.notify()
-        return await future  # cancelling the await marks the future; the worker skips it
+        return future
 
     async def prefill(
         self,
@@ -233,27 +243,46 @@ class ReplyStream:
 
     def __init__(self, worker: EngineWorker, conv: Conversation, gen: Iterator[Any]) -> None:
         self._worker, self._conv, self._gen = worker, conv, gen
+        self._ahead: asyncio.Future[Any] | None = None  # the following step, already queued
+        self._queued_until = float("-inf")  # the latest start-by of a queued step: later ones never go before it
+        self.step_s = 0.0  # model time of the latest step (how early the next one should start)
         self.finished = False
 
-    async def next(self, *, deadline: float | None = None) -> OutputChunk | None:
-        """The next chunk, or None when the model has finished the reply."""
+    async def next(self, *, deadline: float | None = None, read_ahead: bool = False) -> OutputChunk | None:
+        """The next chunk, or None when the model has finished the reply.
+
+        `deadline` is the step's start-by time (a step queued ahead keeps the one it was queued with).
+        `read_ahead` also queues the following step now, due at the same time: it is needed no later
+        than this one, and queued behind it, so the steps run in order."""
         if self.finished:
             return None
-        gen = self._gen
-
-        def step(_: OmniModel) -> Any:
-            item = next(gen, _END)
-            return _END if item is _END else to_output_chunk(item)
-
-        item = await self._worker.run(self._conv, step, deadline=deadline)
+        # Steps of one reply must run in the order they were queued: each takes the generator's next item.
+        due = max(self._worker.now() if deadline is None else deadline, self._queued_until)
+        self._queued_until = due
+        pending = self._ahead or self._worker.submit(self._conv, self._step, deadline=due)
+        self._ahead = self._worker.submit(self._conv, self._step, deadline=due) if read_ahead else None
+        item = await pending
         if item is _END:
+            self._drop_ahead()
             self.finished = True
             return None
         chunk: OutputChunk = item
         return chunk
 
+    def _step(self, _: OmniModel) -> Any:
+        start = time.perf_counter()
+        item = next(self._gen, _END)  # a closed or exhausted generator gives _END
+        self.step_s = time.perf_counter() - start
+        return _END if item is _END else to_output_chunk(item)
+
+    def _drop_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.cancel()  # the worker skips it if it has not started
+            self._ahead = None
+
     async def close(self) -> None:
         """Abandon the reply. The generator is closed on the worker thread and never resumed."""
+        self._drop_ahead()
         if self.finished:
             return
         self.finished = True

@@ -1,111 +1,33 @@
-"""Who may call now: admission to the engine's call slots, the waiting queue, and the live calls.
+"""The live calls: admission to the engine (`session/admission.py`) and `session.init` → `CallSession`.
 
-`Admission` hands out `max_sessions` slots per engine; callers beyond that wait in a FIFO queue of at
-most `max_queue`, told their position and a wait estimate measured from how long calls actually
-hold a slot (updated every few seconds while they wait). Leaving the queue or hanging up frees the
-place at once. `SessionManager` turns a client's `session.init` into a `CallSession`.
+`SessionManager.slot` admits a call against `max_sessions` slots and the KV budget (`kv_budget_gb`;
+each call reserves `max_context_tokens` × the engine's KV bytes per token); callers beyond that wait
+in the FIFO queue, told their position and a measured wait estimate. `SessionManager` turns a
+client's `session.init` into a `CallSession` and keeps the live ones for shutdown and metrics.
 
 Must not import: websockets, aiortc, torch.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import secrets
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
 from omni_server.config import Settings
 from omni_server.engine.worker import EngineWorker
-from omni_server.errors import SessionRefused
 from omni_server.library.choice import choose_voice, decode_limits_for, store_for
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import SessionInit
+from omni_server.session.admission import Admission, OnQueued
 from omni_server.session.session import CallConfig, CallSession, Send
 from omni_server.session.turns import TurnConfig
 
 logger = logging.getLogger(__name__)
-OnQueued = Callable[[int, float, int], Awaitable[None]]  # (position, estimated_wait_s, queue_length)
-
-
-class Admission:
-    """Call slots and a FIFO waiting queue with measured wait estimates."""
-
-    def __init__(
-        self, max_active: int, max_queue: int, *, clock: Callable[[], float] = time.monotonic, update_s: float = 3.0
-    ) -> None:
-        self.max_active, self.max_queue = max_active, max_queue
-        self.active = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._clock = clock
-        self._update_s = update_s
-        self._mean_hold_s = 120.0  # prior until calls have been measured
-        self._closed = False
-
-    @property
-    def queued(self) -> int:
-        return len(self._waiters)
-
-    def estimate_wait_s(self, position: int) -> float:
-        return round(self._mean_hold_s * position / self.max_active, 1)
-
-    def close(self) -> None:
-        """Stop admitting (shutdown): waiting callers are refused."""
-        self._closed = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(SessionRefused("The server is shutting down.", code="server_shutdown"))
-
-    @contextlib.asynccontextmanager
-    async def slot(self, on_queued: OnQueued) -> AsyncIterator[None]:
-        if self._closed:
-            raise SessionRefused("The server is shutting down.", code="server_shutdown")
-        if self.active >= self.max_active or self._waiters:
-            await self._wait(on_queued)
-        else:
-            self.active += 1
-        start = self._clock()
-        try:
-            yield
-        finally:
-            held = self._clock() - start
-            self._mean_hold_s = 0.7 * self._mean_hold_s + 0.3 * held
-            self._release()
-
-    async def _wait(self, on_queued: OnQueued) -> None:
-        if len(self._waiters) >= self.max_queue:
-            raise SessionRefused("All call slots are busy and the queue is full; try again later.", code="queue_full")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            while True:
-                position = self._waiters.index(waiter) + 1
-                await on_queued(position, self.estimate_wait_s(position), len(self._waiters))
-                done, _ = await asyncio.wait([waiter], timeout=self._update_s)
-                if done:
-                    waiter.result()  # raises if refused at shutdown
-                    return
-        except BaseException:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._release()  # granted while we were leaving: hand the slot on
-            raise
-
-    def _release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot passes straight to the next caller
-                return
-        self.active -= 1
 
 
 class SessionManager:
@@ -115,10 +37,24 @@ class SessionManager:
         self.settings = settings
         self.worker = worker
         self.vad_model = vad_model
-        self.admission = Admission(settings.max_sessions, settings.max_queue)
+        # Each call reserves the KV cache of its longest context (a session.init may only lower it).
+        self.call_kv_bytes = settings.max_context_tokens * worker.engine.info.kv_bytes_per_token
+        kv_budget_bytes = int(settings.kv_budget_gb * 1e9)
+        self.admission = Admission(settings.max_sessions, settings.max_queue, kv_budget_bytes=kv_budget_bytes)
+        if kv_budget_bytes:
+            fit = kv_budget_bytes // max(self.call_kv_bytes, 1)
+            log = logger.warning if fit == 0 else logger.info
+            log(
+                "KV budget %.2f GB holds %d calls of %.3f GB (max_sessions %d)",
+                kv_budget_bytes / 1e9, fit, self.call_kv_bytes / 1e9, settings.max_sessions,
+            )  # fmt: skip
         self.sessions: dict[str, CallSession] = {}
         self.voices = store_for(settings)
         self.decode_limits = decode_limits_for(settings)
+
+    def slot(self, on_queued: OnQueued) -> contextlib.AbstractAsyncContextManager[None]:
+        """Admission for one call: a slot and its KV reservation, held for the `async with` body."""
+        return self.admission.slot(on_queued, kv_bytes=self.call_kv_bytes)
 
     def new_call_id(self) -> str:
         return f"rt_{int(time.time() * 1000)}_{secrets.token_hex(3)}"
@@ -171,4 +107,14 @@ class SessionManager:
         self.sessions.pop(call_id, None)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"active": self.admission.active, "queued": self.admission.queued, "calls": len(self.sessions)}
+        a = self.admission
+        return {
+            "active": a.active,
+            "queued": a.queued,
+            "calls": len(self.sessions),
+            "kv_reserved_bytes": a.kv_reserved_bytes,
+            "kv_budget_bytes": a.kv_budget_bytes,
+            # Per live call: seconds of reply audio its listener has buffered now, and underruns so far.
+            "ahead_of_playback_s": {cid: round(s.ahead_of_playback_s, 3) for cid, s in self.sessions.items()},
+            "playback_underruns": {cid: s.playback_underruns for cid, s in self.sessions.items()},
+        }

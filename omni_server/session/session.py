@@ -43,6 +43,7 @@ from omni_server.engine.worker import Conversation, EngineWorker, ReplyStream
 from omni_server.errors import OmniError, ProtocolError, SessionEnded, error_payload
 from omni_server.media.vad import SileroVadModel, VadStream
 from omni_server.protocol import usage_payload
+from omni_server.session.playback import Playback
 from omni_server.session.turns import SpeechStarted, SpeechStopped, TurnConfig, TurnDetector
 from omni_server.session.units import PreRoll, UnitCutter
 
@@ -50,6 +51,13 @@ logger = logging.getLogger(__name__)
 
 Send = Callable[..., Awaitable[None]]  # send(event_type, **fields)
 Samples = npt.NDArray[np.float32]
+# Scheduling (see docs/capacity.md): every model call carries the time by which it should start.
+PREFILL_BOUND_S = 1.0  # a unit prefilled later than this after its last sample arrived counts as late
+# ... but is due much sooner: the input loop (and so turn detection) waits on each prefill, and a unit
+# costs tens of ms, so it goes ahead of any reply chunk whose listener has more than this buffered.
+PREFILL_START_S = 0.2
+FIRST_CHUNK_SLACK_S = 0.5  # a reply's first chunk may yield this long to calls whose listener would run dry
+PLAYBACK_GUARD_S = 0.1  # a later chunk is due this long (plus its own compute) before the listener runs dry
 # Pieces up to this size run silero on the event loop (at most ~2 ms); longer ones go to a thread.
 _INLINE_VAD_SAMPLES = INPUT_SAMPLE_RATE_HZ // 4
 _VOICE_MODES = {"assistant": "audio_assistant", "roleplay": "audio_roleplay", "voice_cloning": "voice_cloning"}
@@ -86,6 +94,7 @@ class CallConfig:
     ref_audio: Samples | None = None
     greeting: str | None = None  # role-play: spoken first, before the user says anything
     max_new_tokens: int = 256
+    min_new_tokens: int = 0  # >0 keeps the model from ending a reply early (benchmarks use it for long replies)
     temperature: float | None = None
     tts_enabled: bool = True
     max_slice_nums: int | None = None
@@ -112,6 +121,7 @@ class TurnStats:
     compute_start_s: float = 0.0  # the conversation's model time when the turn ended
     compute_first_audio_s: float | None = None  # ... and when the first audio chunk was ready
     audio_s: float = 0.0
+    playback: Playback = field(default_factory=Playback)
 
     def as_dict(self, compute_s: float, late_units: int) -> dict[str, Any]:
         first = None if self.first_audio_at is None else round((self.first_audio_at - self.speech_end_at) * 1000, 1)
@@ -125,6 +135,11 @@ class TurnStats:
             "engine_ms": round((compute_s - self.compute_start_s) * 1000, 1),
             "audio_s": round(self.audio_s, 3),
             "late_units": late_units,
+            "min_ahead_of_playback_ms": None
+            if self.playback.min_ahead_s is None
+            else round(self.playback.min_ahead_s * 1000, 1),
+            "playback_underruns": self.playback.underruns,
+            "underrun_ms": round(self.playback.underrun_s * 1000, 1),
         }
 
 
@@ -150,7 +165,8 @@ class CallSession:
         self._turns = TurnDetector(config.turn)
         self._preroll = PreRoll(config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000)
         self._cutter = UnitCutter(INPUT_SAMPLE_RATE_HZ)
-        self._inbox: asyncio.Queue[tuple[Samples, Image.Image | None] | str] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[Samples, Image.Image | None, float] | str] = asyncio.Queue()
+        self._received_at = clock()  # when the audio being processed arrived (units are due from then)
         self._pending_samples = 0
         self._frame: Image.Image | None = None
         self._in_turn = not config.turn_detection  # manual turn-taking: every sample belongs to a turn
@@ -167,6 +183,8 @@ class CallSession:
         self.late_units = 0
         self.client_underruns = 0  # as the client's player reports them
         self.audio_sink: AudioSink | None = None  # set before `run` by a transport with an audio track
+        self.playback_underruns = 0  # as the server sees them (`Playback`), over all replies
+        self._playback: Playback | None = None  # the reply being played, if any
 
     # ---- called by the transport -------------------------------------------------------------------
 
@@ -180,7 +198,7 @@ class CallSession:
                 "Audio is arriving much faster than real time; this piece was dropped.", code="input_overflow"
             )
         self._pending_samples += len(samples)
-        self._inbox.put_nowait((samples, frame))
+        self._inbox.put_nowait((samples, frame, self._clock()))
 
     @property
     def pending_audio_s(self) -> float:
@@ -223,7 +241,9 @@ class CallSession:
                 tg.create_task(self._input_loop(), name=f"{self.id}-input")
                 tg.create_task(self._duration_limit(), name=f"{self.id}-limit")
         except* SessionEnded as group:
-            reason = group.exceptions[0].code
+            ended = group.exceptions[0]
+            assert isinstance(ended, SessionEnded)
+            reason = ended.code
         except* OmniError as group:
             failure = group.exceptions[0]
             assert isinstance(failure, OmniError)
@@ -247,7 +267,7 @@ class CallSession:
             if isinstance(item, str):
                 await self._control(item)
                 continue
-            samples, frame = item
+            samples, frame, self._received_at = item
             self._pending_samples -= len(samples)
             if frame is not None:
                 self._frame = frame
@@ -293,14 +313,14 @@ class CallSession:
 
     async def _feed_units(self, samples: Samples) -> None:
         for unit in self._cutter.feed(samples):
-            await self._prefill_unit(unit)
+            await self._prefill_unit(unit, arrived=self._received_at)
 
     async def _end_turn(self) -> None:
         self._in_turn = not self.config.turn_detection
         stats = TurnStats(speech_end_at=self._clock(), compute_start_s=self._conv.compute_s)
         tail = self._cutter.flush()
         if tail is not None:
-            await self._prefill_unit(tail)
+            await self._prefill_unit(tail, arrived=stats.speech_end_at, bound_s=0.0)  # the reply waits on it
         stats.reply_start_at = self._clock()
         assert self._tg is not None
         self._reply_task = self._tg.create_task(self._reply(stats), name=f"{self.id}-reply")
@@ -348,7 +368,7 @@ class CallSession:
         after = await self._worker.prefill(self._conv, [msg], max_slice_nums=cfg.max_slice_nums)
         self._count_input(after - before, audio_s=0.0 if ref is None else len(ref) / INPUT_SAMPLE_RATE_HZ)
 
-    async def _prefill_unit(self, audio: Samples) -> None:
+    async def _prefill_unit(self, audio: Samples, *, arrived: float, bound_s: float = PREFILL_START_S) -> None:
         reserve = self.config.max_new_tokens + 32
         if self._conv.context_tokens + self._unit_tokens + reserve > self.config.max_context_tokens:
             await self._roll_over()
@@ -356,15 +376,14 @@ class CallSession:
         content: list[Any] = [audio]
         if self.config.video:
             content = ["<unit>", audio] if frame is None else ["<unit>", frame, audio]
-        arrived = self._clock()
         before = self._conv.context_tokens
         after = await self._worker.prefill(
             self._conv,
             [{"role": "user", "content": content}],
             max_slice_nums=self.config.max_slice_nums,
-            deadline=arrived + 1.0,
+            deadline=arrived + bound_s,
         )
-        if self._clock() - arrived > 1.0:
+        if self._clock() - arrived > PREFILL_BOUND_S:
             self.late_units += 1
         added = after - before
         self._unit_tokens = max(self._unit_tokens, added)
@@ -385,22 +404,33 @@ class CallSession:
         await self._send("response.created", response_id=response_id)
         gen_kwargs: dict[str, Any] = {"max_new_tokens": self.config.max_new_tokens}
         gen_kwargs["generate_audio"] = self.config.tts_enabled
+        if self.config.min_new_tokens:
+            gen_kwargs["min_new_tokens"] = self.config.min_new_tokens
         if self.config.temperature is not None:
             gen_kwargs["temperature"] = self.config.temperature
         before = self._conv.context_tokens
         status, text = "completed", []
         stream: ReplyStream | None = None
+        self._playback = stats.playback
+        step_s = 0.0  # model time of a chunk: the next one is due that much before it is needed
         try:
             stream = await self._worker.reply(self._conv, **gen_kwargs)
-            while (chunk := await stream.next(deadline=self._chunk_deadline(stats))) is not None:
+            while True:
+                chunk = await stream.next(deadline=self._chunk_deadline(stats, step_s), read_ahead=True)
+                if chunk is None:
+                    break
+                if stats.first_audio_at is not None:  # the first chunk's cost says nothing about later ones
+                    step_s = stream.step_s
                 if chunk.text:
                     text.append(chunk.text)
                     await self._send("response.output_text.delta", response_id=response_id, text=chunk.text)
                 if chunk.audio.size:
+                    now = self._clock()
                     if stats.first_audio_at is None:
-                        stats.first_audio_at = self._clock()
+                        stats.first_audio_at = now
                         stats.compute_first_audio_s = self._conv.compute_s
                     stats.audio_s += chunk.duration_s
+                    stats.playback.on_audio(now, chunk.duration_s)
                     if self.audio_sink is not None:
                         self.audio_sink.write(chunk.audio)
                         continue
@@ -409,6 +439,7 @@ class CallSession:
                         response_id=response_id,
                         audio=base64.b64encode(chunk.audio.astype("<f4").tobytes()).decode("ascii"),
                         sample_rate=OUTPUT_SAMPLE_RATE_HZ,
+                        ahead_of_playback_ms=round(stats.playback.ahead_s(now) * 1000, 1),
                     )
         except asyncio.CancelledError:
             status = "interrupted"
@@ -421,6 +452,9 @@ class CallSession:
             if stream is not None:
                 await asyncio.shield(stream.close())
             self._replies.append("".join(text))
+            self.playback_underruns += stats.playback.underruns
+            if status == "interrupted":
+                self._playback = None  # the client drops its queued audio
             output = max(0, self._conv.context_tokens - before)
             self.usage["output_tokens"] += output
             timings = stats.as_dict(self._conv.compute_s, self.late_units)
@@ -435,11 +469,17 @@ class CallSession:
         response = {"id": response_id, "status": status, "output_tokens": output, "usage": usage}
         await self._send("response.done", response=response, timings=timings)
 
-    def _chunk_deadline(self, stats: TurnStats) -> float:
-        """When the listener runs out of audio (0.2 s margin); the first chunk is due at once."""
-        if stats.first_audio_at is None:
-            return stats.speech_end_at
-        return stats.first_audio_at + stats.audio_s - 0.2
+    def _chunk_deadline(self, stats: TurnStats, step_s: float) -> float:
+        """When the next chunk must start: in time for the listener not to run dry; the first soon after the turn."""
+        end_at = stats.playback.end_at
+        if end_at is None:
+            return stats.speech_end_at + FIRST_CHUNK_SLACK_S
+        return end_at - PLAYBACK_GUARD_S - step_s
+
+    @property
+    def ahead_of_playback_s(self) -> float:
+        """Seconds of reply audio the listener has buffered now, as the server sees it (0 when silent)."""
+        return 0.0 if self._playback is None else self._playback.ahead_s(self._clock())
 
     def _count_input(self, tokens: int, *, audio_s: float, frames: int = 0) -> None:
         self.usage["input_tokens"] += max(0, tokens)

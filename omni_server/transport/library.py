@@ -194,7 +194,7 @@ class LibraryEndpoint:
 
         audio_s = 0.0
         # A reading is model work like a call: it takes one of the engine's call slots while it runs.
-        async with self.manager.admission.slot(on_queued):
+        async with self.manager.slot(on_queued):
             reading = read_aloud(
                 self.manager.worker,
                 f"tts_{secrets.token_hex(4)}",

@@ -173,7 +173,7 @@ class WebRtcEndpoint:
             if mode not in ("audio", "video"):
                 raise ProtocolError("mode must be audio or video.")
             await signal("webrtc.config", ice_servers=[s.for_page() for s in self.ice_servers])
-            async with self.manager.admission.slot(_queued(signal)):
+            async with self.manager.slot(_queued(signal)):
                 await signal("session.queue_done")
                 reason = await self._serve(ws, signal, call_id, video=mode == "video")
         except (SessionRefused, ProtocolError) as e:

@@ -69,7 +69,7 @@ class RealtimeEndpoint:
         call_id = self.manager.new_call_id()
         reason = "error"
         try:
-            async with self.manager.admission.slot(_queued(send)):
+            async with self.manager.slot(_queued(send)):
                 await send("session.queue_done")
                 reason = await self._serve(ws, send, call_id, video=mode == "video")
         except SessionRefused as e:

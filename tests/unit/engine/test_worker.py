@@ -100,3 +100,62 @@ async def test_release_frees_the_cache(worker: EngineWorker) -> None:
     assert conv.closed and conv.state is None
     with pytest.raises(EngineError):
         await worker.prefill(conv, [unit(0)])
+
+
+async def reply_chunks(worker: EngineWorker, conv: Conversation, *, read_ahead: bool) -> list[np.ndarray]:
+    await converse_prefix(worker, conv)
+    stream = await worker.reply(conv, max_new_tokens=30)
+    chunks, deadline = [], 1e9
+    while (chunk := await stream.next(deadline=deadline, read_ahead=read_ahead)) is not None:
+        chunks.append(chunk.audio)
+        deadline -= 1e6  # later steps asked for earlier than queued ones must still run in order
+    return chunks
+
+
+async def converse_prefix(worker: EngineWorker, conv: Conversation) -> None:
+    sys_msg = await worker.run(conv, lambda m: m.get_sys_prompt(mode="audio_assistant", language="en"))
+    await worker.prefill(conv, [sys_msg])
+    await worker.prefill(conv, [unit(1)])
+
+
+async def test_read_ahead_keeps_the_chunks_in_order(worker: EngineWorker) -> None:
+    """Queuing each next step ahead, even with ever earlier deadlines, yields exactly the plain sequence."""
+    ahead = await reply_chunks(worker, worker.open("same"), read_ahead=True)
+    plain_worker = EngineWorker(build_tiny_engine(seed=7))
+    try:
+        plain = await reply_chunks(plain_worker, plain_worker.open("same"), read_ahead=False)
+    finally:
+        plain_worker.close()
+    assert len(ahead) == len(plain) > 3
+    for a, p in zip(ahead, plain, strict=True):
+        np.testing.assert_array_equal(a, p)
+
+
+async def test_read_ahead_step_goes_before_a_later_job_of_another_call(worker: EngineWorker) -> None:
+    """The step queued ahead is already waiting when the current one ends, so a less urgent job of
+    another call (queued while the worker was busy) runs after both, not in between."""
+    import asyncio
+    import threading
+
+    speaker, other = worker.open("speaker"), worker.open("other")
+    await converse_prefix(worker, speaker)
+    stream = await worker.reply(speaker, max_new_tokens=30)
+    order: list[str] = []
+    step = stream._step
+
+    def recorded_step(model: OmniModel) -> Any:
+        order.append("speaker")
+        return step(model)
+
+    stream._step = recorded_step  # type: ignore[method-assign]
+    gate = threading.Event()
+    blocked = worker.submit(other, lambda m: gate.wait(5), deadline=0.0)  # hold the worker
+    first = asyncio.ensure_future(stream.next(deadline=10.0, read_ahead=True))
+    await asyncio.sleep(0)  # let next() queue its two steps
+    later = worker.submit(other, lambda m: order.append("other"), deadline=20.0)
+    gate.set()
+    await blocked
+    await first
+    await later
+    assert order == ["speaker", "speaker", "other"]
+    await stream.close()
