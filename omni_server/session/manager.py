@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from omni_server.config import Settings
-from omni_server.engine.worker import EngineWorker
+from omni_server.engine.client import EngineClient
 from omni_server.errors import SessionRefused
 from omni_server.media.pcm import decode_f32_base64
 from omni_server.media.vad import SileroVadModel
@@ -54,7 +54,16 @@ class Admission:
         return len(self._waiters)
 
     def estimate_wait_s(self, position: int) -> float:
-        return round(self._mean_hold_s * position / self.max_active, 1)
+        return round(self._mean_hold_s * position / max(1, self.max_active), 1)
+
+    def resize(self, max_active: int) -> None:
+        """New capacity (cluster mode: engine replicas came or went); waiting callers take new slots."""
+        self.max_active = max_active
+        while self.active < self.max_active and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.active += 1
+                waiter.set_result(None)
 
     def close(self) -> None:
         """Stop admitting (shutdown): waiting callers are refused."""
@@ -101,7 +110,7 @@ class Admission:
             raise
 
     def _release(self) -> None:
-        while self._waiters:
+        while self._waiters and self.active <= self.max_active:  # after a shrink, slots over capacity vanish
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)  # the slot passes straight to the next caller
@@ -112,7 +121,7 @@ class Admission:
 class SessionManager:
     """Makes calls from `session.init` and keeps the live ones (for shutdown and metrics)."""
 
-    def __init__(self, settings: Settings, worker: EngineWorker, vad_model: SileroVadModel) -> None:
+    def __init__(self, settings: Settings, worker: EngineClient[Any], vad_model: SileroVadModel) -> None:
         self.settings = settings
         self.worker = worker
         self.vad_model = vad_model
