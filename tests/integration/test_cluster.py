@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,7 +123,9 @@ async def test_calls_spread_over_replicas_and_stay_pinned(
 
         served_on = {d.replica_id: d.served for d in await _describe(cluster[1])}
         for call_id, replica in pinned.items():
-            where = {rid: n for rid, served in served_on.items() for conv, n in served.items() if conv.startswith(call_id)}
+            where = {
+                rid: n for rid, served in served_on.items() for conv, n in served.items() if conv.startswith(call_id)
+            }
             assert list(where) == [replica], f"{call_id} reached {where}, pinned to {replica}"
             assert where[replica] >= 4  # system prompt, >= 2 one-second units of speech, the reply
 
