@@ -6,9 +6,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+CLUSTER_ARGS ?=
 APT_PACKAGES := espeak-ng sox chromium
 
-.PHONY: run test bench lint system-deps venv clean
+.PHONY: run test bench bench-cluster cluster lint system-deps venv clean
 
 run: $(STAMP)
 	$(PY) -m omni_server $(ARGS)
@@ -18,6 +19,14 @@ test: $(STAMP) system-deps
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m bench.realtime $(ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.cluster $(CLUSTER_ARGS)
+
+bench-cluster: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.cluster $(CLUSTER_ARGS)
+
+# Cluster mode (docs/cluster.md): engines as Ray Serve replicas. Needs `ray start --head` (or RAY_ADDRESS) first.
+cluster: $(STAMP)
+	$(PY) -m omni_server --cluster auto $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check omni_server tests bench examples
