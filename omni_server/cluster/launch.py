@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import ray
 from ray import serve
+from ray._private import ray_constants
 from ray.serve.handle import DeploymentHandle
 
 from omni_server.cluster.gateway import ClusterEngines
@@ -31,8 +34,14 @@ def start_ray(settings: Settings, *, num_cpus: int | None = None) -> None:
     """Connect this process to Ray (once); replicas find this package through PYTHONPATH."""
     if ray.is_initialized():
         return
-    runtime_env = {"env_vars": {"PYTHONPATH": str(PACKAGE_ROOT), "HF_HUB_OFFLINE": "1"}}
+    env = {"PYTHONPATH": str(PACKAGE_ROOT)}
+    # Serve's tuning knobs (RAY_SERVE_*) and the hub's offline switches apply to the replicas too.
+    env.update({k: v for k, v in os.environ.items() if k.startswith(("RAY_SERVE_", "HF_HUB_", "TRANSFORMERS_"))})
+    runtime_env = {"env_vars": env}
     if settings.cluster == "local":
+        # For a one-machine instance Ray still advertises and binds the machine's routable address;
+        # this switch (meant for laptops, read when ray.init starts the node) keeps it on 127.0.0.1.
+        ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
@@ -60,18 +69,38 @@ def undeploy() -> None:
     serve.delete(APP_NAME)
 
 
+def stop(settings: Settings, *, step_timeout_s: float = 30.0) -> None:
+    """Delete the replicas, stop Serve (if this process started Ray) and leave Ray; a step that
+    overruns (Serve waits on its controller without a bound) is logged and left behind."""
+    steps: list[tuple[str, Callable[[], None]]] = [("delete the replicas", undeploy)]
+    if settings.cluster == "local":
+        steps.append(("stop Serve", serve.shutdown))
+    for what, step in steps:
+        worker = threading.Thread(target=_logged(what, step), name=f"cluster-{what}", daemon=True)
+        worker.start()
+        worker.join(step_timeout_s)
+        if worker.is_alive():
+            logger.warning("could not %s within %.0f s; going on", what, step_timeout_s)
+    ray.shutdown()  # a local Ray ends with this process's Ray: its processes are stopped here
+
+
+def _logged(what: str, step: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            step()
+        except Exception:  # the teardown goes on; the next steps still run
+            logger.exception("could not %s", what)
+
+    return run
+
+
 @contextlib.asynccontextmanager
 async def cluster_engines(settings: Settings) -> AsyncIterator[ClusterEngines]:
     """The gateway's whole cluster life: Ray, the replicas, the watch; all undone on exit."""
     await asyncio.to_thread(start_ray, settings)
     try:
         handle = await asyncio.to_thread(deploy, settings)
-        try:
-            async with ClusterEngines(handle, settings).watching() as engines:
-                yield engines
-        finally:
-            await asyncio.to_thread(undeploy)
+        async with ClusterEngines(handle, settings).watching() as engines:
+            yield engines
     finally:
-        if settings.cluster == "local":
-            await asyncio.to_thread(serve.shutdown)
-        await asyncio.to_thread(ray.shutdown)
+        await asyncio.to_thread(stop, settings)

@@ -19,14 +19,15 @@ import psutil
 import pytest
 
 ray = pytest.importorskip("ray")
-from ray import serve  # noqa: E402
 from ray.serve.handle import DeploymentHandle  # noqa: E402
 
 from omni_server.app import OmniServer  # noqa: E402
+from omni_server.cluster.client import ClusterClient  # noqa: E402
 from omni_server.cluster.gateway import ClusterEngines  # noqa: E402
-from omni_server.cluster.launch import deploy, start_ray, undeploy  # noqa: E402
+from omni_server.cluster.launch import deploy, start_ray, stop  # noqa: E402
 from omni_server.cluster.replica import ReplicaDescription  # noqa: E402
 from omni_server.config import Settings  # noqa: E402
+from omni_server.errors import EngineError, SessionEnded  # noqa: E402
 from tests.conftest import server_settings, timeout  # noqa: E402
 from tests.integration.realtime_client import RawClient  # noqa: E402
 
@@ -58,11 +59,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings
     )
     start_ray(settings, num_cpus=2)
     try:
+        assert ray.util.get_node_ip_address() == "127.0.0.1"  # the private Ray stays on loopback
         yield settings, deploy(settings)
     finally:
-        undeploy()
-        serve.shutdown()
-        ray.shutdown()
+        stop(settings)
     deadline = time.monotonic() + timeout(15)
     while _ray_children() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -135,6 +135,33 @@ async def test_calls_spread_over_replicas_and_stay_pinned(
         assert pool.replica_of(created["session_id"]) == pinned[calls[0][1]]
         for client in [waiting, *(c for c, _ in calls[1:])]:
             await client.close()
+
+
+async def test_model_errors_and_silent_replicas_reach_the_call_in_its_own_terms(
+    cluster: tuple[Settings, DeploymentHandle[Any]],
+) -> None:
+    """A model failure on a replica arrives as engine_error; a replica that does not answer in time as
+    engine_timeout; the replica goes on serving."""
+    settings, handle = cluster
+    engines = ClusterEngines(handle, settings)
+    async with engines.watching():
+        replica = engines.pool.live()[0].id
+        client = engines.client(replica)
+        conv = client.open("errors.0")
+
+        def broken(model: Any) -> None:
+            raise RuntimeError("boom")
+
+        with pytest.raises(EngineError) as failed:
+            await client.run(conv, broken)
+        assert failed.value.code == "engine_error" and "boom" not in failed.value.message
+
+        slow = ClusterClient(handle, engines.pool, replica, timeout_s=0.3, window=1)
+        with pytest.raises(SessionEnded) as late:
+            await slow.run(conv, lambda model: time.sleep(1.0))
+        assert late.value.code == "engine_timeout"
+        assert await client.run(conv, lambda model: "still serving") == "still serving"
+        await client.release(conv)
 
 
 async def test_killing_a_replica_ends_only_its_calls(
