@@ -68,7 +68,8 @@ async def hop_overhead(units: int, seed: int) -> dict[str, dict[str, list[float]
     """Per-call times (ms) for local and remote: prefill of a unit, a no-op round trip, reply chunks."""
     settings = Settings(engine="tiny", cluster="local", replicas=1, replica_cpus=1.0, max_new_tokens=48)
     local = EngineWorker(build_tiny_engine(seed=0))
-    times: dict[str, dict[str, list[float]]] = {k: {"local": [], "remote": []} for k in ("prefill", "noop", "chunk")}
+    keys = ("prefill", "noop", "first", "chunk")
+    times: dict[str, dict[str, list[float]]] = {k: {"local": [], "remote": []} for k in keys}
     rng = np.random.default_rng(seed)
     try:
         await local.warm_up()
@@ -80,7 +81,7 @@ async def hop_overhead(units: int, seed: int) -> dict[str, dict[str, list[float]
                 if i % ROLL_EVERY == 0:
                     for name, worker in workers.items():
                         if name in convs:
-                            await _reply_chunks(worker, convs[name], times["chunk"][name])
+                            await _reply_chunks(worker, convs[name], times["first"][name], times["chunk"][name])
                             await worker.release(convs[name])
                         convs[name] = worker.open(f"bench-{name}-{i}")
                         prompt = await worker.run(convs[name], lambda m: m.get_sys_prompt(mode="omni", language="en"))
@@ -93,21 +94,21 @@ async def hop_overhead(units: int, seed: int) -> dict[str, dict[str, list[float]
                     times["prefill"][name].append(await _timed(lambda: worker.prefill(conv, msgs)))  # noqa: B023
                     times["noop"][name].append(await _timed(lambda: worker.run(conv, _noop)))  # noqa: B023
             for name, worker in workers.items():
-                await _reply_chunks(worker, convs[name], times["chunk"][name])
+                await _reply_chunks(worker, convs[name], times["first"][name], times["chunk"][name])
                 await worker.release(convs[name])
     finally:
         local.close()
     return times
 
 
-async def _reply_chunks(worker: Any, conv: Any, out: list[float]) -> None:
+async def _reply_chunks(worker: Any, conv: Any, first: list[float], rest: list[float]) -> None:
+    """Times from asking for a reply to its first chunk, and of each later `next()`."""
+    start = time.perf_counter()
     stream = await worker.reply(conv, max_new_tokens=48)
-    while True:
-        start = time.perf_counter()
-        chunk = await stream.next()
-        if chunk is None:
-            break
+    out = first
+    while await stream.next() is not None:
         out.append((time.perf_counter() - start) * 1000)
+        out, start = rest, time.perf_counter()
     await stream.close()
 
 
@@ -116,7 +117,12 @@ def hop_table(times: dict[str, dict[str, list[float]]]) -> list[str]:
         "| engine call | n | local p50 / p95 ms | via replica p50 / p95 ms | added p50 / p95 ms |",
         "|---|---|---|---|---|",
     ]
-    labels = {"prefill": "prefill of a 1-s unit", "noop": "no-op call (bare round trip)", "chunk": "reply chunk `next`"}
+    labels = {
+        "prefill": "prefill of a 1-s unit",
+        "noop": "no-op call (bare round trip)",
+        "first": "reply start -> first chunk",
+        "chunk": "each later reply chunk",
+    }
     for key, label in labels.items():
         lo, re = np.array(times[key]["local"]), np.array(times[key]["remote"])
         rows.append(

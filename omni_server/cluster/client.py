@@ -5,7 +5,9 @@ and a reply's `next`/`close`. Each method becomes one Ray Serve request to the c
 there by `PinnedReplicaRouter`), with a timeout on every one, so the gateway never hangs on a replica.
 Failures reach the session as `SessionEnded`, whose code is the `session.closed` reason:
 `engine_lost` when the replica died or restarted, `engine_timeout` when it stopped answering. An error
-the model raised on the replica arrives as the same `EngineError` a local call would give.
+the model raised on the replica arrives as the same `EngineError` a local call would give. Clean-up
+requests (`release`, a reply's `close`) only log their failures, so a call ends with the reason that
+ended it.
 
 Replies stream with a bounded window: up to `window` numbered `reply_next` requests are in flight, so
 the next chunk is being made while this one travels, and no more than that is ever made ahead
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ from omni_server.cluster.wire import Progress, has_frames, pack_msgs, relative_d
 from omni_server.engine.base import OmniModel, OutputChunk
 from omni_server.errors import EngineError, OmniError, SessionEnded
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _stream_ids = itertools.count()
 
@@ -91,15 +95,18 @@ class ClusterClient:
 
     async def reply(self, conv: RemoteConversation, **kwargs: Any) -> RemoteReply:
         stream_id = f"{conv.id}#{next(_stream_ids)}"
-        conv.update(await self.call("reply_open", kwargs, conv_id=conv.id, stream_id=stream_id, **self._route(conv)))
-        return RemoteReply(self, conv, stream_id, self._window)
+        first, progress = await self.call(
+            "reply_open", kwargs, conv_id=conv.id, stream_id=stream_id, **self._route(conv)
+        )
+        conv.update(progress)
+        return RemoteReply(self, conv, stream_id, self._window, first)
 
     async def release(self, conv: RemoteConversation) -> None:
         if conv.closed:
             return
         conv.closed = True
         if not self._lost():  # a lost replica took the conversation with it
-            await self.call("release", conv_id=conv.id, **self._route(conv))
+            await self.best_effort("release", conv_id=conv.id, **self._route(conv))
 
     async def warm_up(self) -> None:
         """Nothing to do: each replica warms up before Serve sends it any request."""
@@ -133,6 +140,14 @@ class ClusterClient:
                 raise type(cause)(cause.message, code=cause.code) from None
             raise EngineError("The model failed while serving this session.") from e
 
+    async def best_effort(self, method: str, **kwargs: Any) -> None:
+        """A clean-up request (the call is ending anyway): a failure is logged, never raised, so the
+        call still closes with the reason that ended it."""
+        try:
+            await self.call(method, **kwargs)
+        except OmniError as e:
+            logger.warning("engine replica %s: %s failed (%s)", self.replica, method, e.code)
+
     def _route(self, conv: RemoteConversation) -> dict[str, str]:
         return {"replica": conv.replica}
 
@@ -144,12 +159,15 @@ class ClusterClient:
 class RemoteReply:
     """A reply streaming from the replica, at most `window` chunks requested ahead."""
 
-    def __init__(self, client: ClusterClient, conv: RemoteConversation, stream_id: str, window: int) -> None:
+    def __init__(
+        self, client: ClusterClient, conv: RemoteConversation, stream_id: str, window: int, first: OutputChunk | None
+    ) -> None:
         self._client, self._conv, self._stream_id = client, conv, stream_id
         self._window = window
+        self._first = first  # came with reply_open
         self._pending: deque[asyncio.Task[tuple[OutputChunk | None, Progress | None]]] = deque()
-        self._requested = 0
-        self.finished = False
+        self._requested = 1
+        self.finished = first is None
 
     async def next(self, *, deadline: float | None = None) -> OutputChunk | None:
         if self.finished:
@@ -157,6 +175,9 @@ class RemoteReply:
         while len(self._pending) < self._window:
             self._pending.append(asyncio.ensure_future(self._request(self._requested, deadline)))
             self._requested += 1
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
         try:
             chunk, progress = await self._pending.popleft()
         except OmniError:
@@ -176,7 +197,7 @@ class RemoteReply:
         self.finished = True
         await self._drop_pending(cancel=True)
         if not self._conv.closed and not self._client._lost():
-            await self._client.call("reply_close", replica=self._conv.replica, stream_id=self._stream_id)
+            await self._client.best_effort("reply_close", replica=self._conv.replica, stream_id=self._stream_id)
 
     async def _request(self, index: int, deadline: float | None) -> tuple[OutputChunk | None, Progress | None]:
         result: tuple[OutputChunk | None, Progress | None] = await self._client.call(

@@ -5,9 +5,9 @@ tiny one), health-checks and restarts. It holds the conversations of the calls p
 caches live here and never move. Every method names the replica it was meant for, so a request that
 reached the wrong one fails instead of silently starting a fresh conversation.
 
-Replies are pulled chunk by chunk (`reply_next`, numbered): the gateway keeps a small window of
-requests in flight, and a request is answered only in order, so the engine works at most one chunk
-ahead per window slot — bounded, and barge-in drops at most that much.
+Replies are pulled chunk by chunk (`reply_open` answers with the first, then `reply_next`, numbered):
+the gateway keeps a small window of requests in flight, and a request is answered only in order, so
+the engine works at most one chunk ahead per window slot — bounded, and barge-in drops at most that.
 
 Must not import: websockets, aiortc, omni_server.session, omni_server.transport.
 """
@@ -113,11 +113,16 @@ class EngineReplica:
         tokens = await self._worker.prefill(conv, unpack_msgs(msgs), deadline=deadline, **kwargs)
         return tokens, _progress(conv)
 
-    async def reply_open(self, kwargs: dict[str, Any], *, replica: str, conv_id: str, stream_id: str) -> Progress:
+    async def reply_open(
+        self, kwargs: dict[str, Any], *, replica: str, conv_id: str, stream_id: str
+    ) -> tuple[OutputChunk | None, Progress]:
+        """Start a reply and return its first chunk at once: one round trip less to first audio."""
         conv = self._conv(replica, conv_id)
         stream = await self._worker.reply(conv, **kwargs)
-        self._replies[stream_id] = _Reply(stream, conv, 0, asyncio.Condition())
-        return _progress(conv)
+        first = await stream.next()  # due now, as the session's first chunk is
+        if first is not None:
+            self._replies[stream_id] = _Reply(stream, conv, 1, asyncio.Condition())
+        return first, _progress(conv)
 
     async def reply_next(
         self, *, replica: str, stream_id: str, index: int, deadline_in_s: float | None
