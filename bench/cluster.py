@@ -66,7 +66,7 @@ async def _timed(call: Callable[[], Awaitable[Any]]) -> float:
 
 async def hop_overhead(units: int, seed: int) -> dict[str, dict[str, list[float]]]:
     """Per-call times (ms) for local and remote: prefill of a unit, a no-op round trip, reply chunks."""
-    settings = Settings(engine="tiny", cluster="local", replicas=1, replica_cpus=1.0, max_new_tokens=48)
+    settings = Settings(engine="tiny", cluster="local", replicas=1, replica_cpus=2.0, max_new_tokens=48)
     local = EngineWorker(build_tiny_engine(seed=0))
     keys = ("prefill", "noop", "first", "chunk")
     times: dict[str, dict[str, list[float]]] = {k: {"local": [], "remote": []} for k in keys}
@@ -139,7 +139,7 @@ async def end_to_end(args: argparse.Namespace) -> list[str]:
     common = ["--vad-silence-ms", str(args.vad_silence_ms), "--max-queue", "16", "--max-sessions", most]
     setups = {
         "single process": common,
-        "gateway + 1 replica": [*common, "--cluster", "local", "--replicas", "1", "--replica-cpus", "1"],
+        "gateway + 1 replica": [*common, "--cluster", "local", "--replicas", "1", "--replica-cpus", "2"],
     }
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="omni-bench-cluster-") as tmp:
