@@ -64,12 +64,12 @@ class Settings:
     max_frame_bytes: int = _opt(2 * 1024 * 1024, "Largest camera frame (JPEG bytes).")
     max_frame_pixels: int = _opt(4096 * 2304, "Largest camera frame (pixels).")
     # Cluster mode (issue 7): engine replicas on Ray Serve behind this process; see docs/cluster.md.
-    cluster: str = _opt("", "Run engines as Ray Serve replicas: auto (the cluster `ray start` made), local (start Ray in this process), or a Ray address. Empty: one process, no Ray.")
+    cluster: str = _opt("", "Engines as Ray Serve replicas: auto (`ray start`'s cluster), local, or a Ray address.")
     replicas: int = _opt(2, "Cluster mode: engine replicas to deploy (each serves --max-sessions calls).")
-    replica_gpus: float | None = _opt(None, "Cluster mode: GPUs per replica. Default: 1 for the real model, 0 for the tiny one.")
+    replica_gpus: float | None = _opt(None, "Cluster mode: GPUs per replica (default 1; 0 for the tiny engine).")
     replica_cpus: float = _opt(1.0, "Cluster mode: CPUs reserved per replica.")
-    cluster_call_timeout_s: float = _opt(30.0, "Cluster mode: longest wait for one engine call; then the call ends (engine_timeout).")
-    cluster_reply_window: int = _opt(2, "Cluster mode: reply chunks requested ahead from a replica (bounded in flight).")
+    cluster_call_timeout_s: float = _opt(30.0, "Cluster mode: longest wait for one engine call (then engine_timeout).")
+    cluster_reply_window: int = _opt(2, "Cluster mode: reply chunks requested ahead from a replica.")
     # Logs.
     log_level: str = _opt("info", "debug, info, warning or error.")
     log_json: bool = _opt(False, "Log one JSON object per line.")
