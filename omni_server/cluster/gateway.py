@@ -3,8 +3,9 @@
 `ClusterEngines` is what `OmniServer` gets instead of a loaded engine. While its `watching()` block
 runs it keeps the `ReplicaPool` true: every `discover_s` it asks all replicas to describe themselves
 (new ones join, e.g. a replacement Serve started after a crash), and it holds one heartbeat stream
-per replica; the stream breaking or falling silent marks that replica lost within ~`heartbeat_s`×3,
-which ends its calls with `engine_lost` even when they are idle (nothing is prefilled in silence).
+per replica; the stream breaking (at once when the replica's process dies) or falling silent for
+`silence_s` marks that replica lost, which ends its calls with `engine_lost` even when they are idle
+(nothing is prefilled in silence).
 
 `ClusterSessionManager` is the ordinary `SessionManager` with two changes: a call is pinned to a
 replica when it is created, and the admission queue's capacity follows the sum of the live
@@ -35,6 +36,7 @@ from omni_server.session.manager import SessionManager
 from omni_server.session.session import CallConfig, CallSession, Send
 
 logger = logging.getLogger(__name__)
+DISCOVER_ATTEMPTS = 50  # x 0.1 s at start-up, for a fresh handle to see every replica
 
 
 class ClusterEngines:
@@ -46,12 +48,15 @@ class ClusterEngines:
         settings: Settings,
         *,
         heartbeat_s: float = 0.5,
+        silence_s: float = 10.0,
         discover_s: float = 2.0,
     ) -> None:
         self.handle = handle
         self.settings = settings
         self.pool = ReplicaPool()
-        self.heartbeat_s, self.discover_s = heartbeat_s, discover_s
+        # A dead replica breaks its stream at once (Ray reports the actor's death); silence only catches
+        # a replica that lives but hangs, so it may take long enough never to fire on a busy machine.
+        self.heartbeat_s, self.silence_s, self.discover_s = heartbeat_s, silence_s, discover_s
         self._info: EngineInfo | None = None
         self._watched: set[str] = set()
 
@@ -72,8 +77,16 @@ class ClusterEngines:
 
     @contextlib.asynccontextmanager
     async def watching(self) -> AsyncIterator[ClusterEngines]:
-        """Find the replicas (at least one must answer), then keep watching them until the block ends."""
-        if not await self._discover():  # the deploy waited for them: none answering is a real failure
+        """Find the replicas, then keep watching them until the block ends.
+
+        A fresh handle learns the replica set from Serve's controller a moment after its first use, so
+        the first answers may miss some: ask again (briefly) until all `--replicas` have answered."""
+        for _ in range(DISCOVER_ATTEMPTS):
+            await self._discover()
+            if len(self.pool.live()) >= self.settings.replicas:
+                break
+            await asyncio.sleep(0.1)
+        if not self.pool.live():  # the deploy waited for them: none answering is a real failure
             raise EngineError("No engine replica answered; see `serve status`.")
         async with asyncio.TaskGroup() as tg:
             watch = tg.create_task(self._watch_loop(tg), name="cluster-watch")
@@ -117,7 +130,7 @@ class ClusterEngines:
         why = "heartbeat ended"
         try:
             while True:
-                async with asyncio.timeout(max(3 * self.heartbeat_s, 2.0)):
+                async with asyncio.timeout(self.silence_s):
                     await stream.__anext__()
         except StopAsyncIteration:
             pass

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import psutil
 import pytest
+from PIL import Image
 
 ray = pytest.importorskip("ray")
 from ray.serve.handle import DeploymentHandle  # noqa: E402
@@ -161,6 +162,23 @@ async def test_model_errors_and_silent_replicas_reach_the_call_in_its_own_terms(
             await slow.run(conv, lambda model: time.sleep(1.0))
         assert late.value.code == "engine_timeout"
         assert await client.run(conv, lambda model: "still serving") == "still serving"
+        await client.release(conv)
+
+
+async def test_a_video_unit_crosses_with_its_frame(cluster: tuple[Settings, DeploymentHandle[Any]]) -> None:
+    """A unit with a camera frame (sent as JPEG) reaches the replica's model as an image (~64 more tokens)."""
+    settings, handle = cluster
+    engines = ClusterEngines(handle, settings)
+    async with engines.watching():
+        client = engines.client(engines.pool.live()[0].id)
+        conv = client.open("video.0")
+        audio = np.zeros(16000, np.float32)
+        before = await client.prefill(conv, [{"role": "user", "content": ["<unit>", audio]}])
+        plain = await client.prefill(conv, [{"role": "user", "content": ["<unit>", audio]}])
+        frame = Image.new("RGB", (640, 480), (200, 30, 30))
+        framed = await client.prefill(conv, [{"role": "user", "content": ["<unit>", frame, audio]}])
+        assert framed - plain >= (plain - before) + 60  # the tiny engine gives an image 64 embeddings
+        assert conv.context_tokens == framed
         await client.release(conv)
 
 
