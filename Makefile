@@ -6,9 +6,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+CLUSTER_ARGS ?=
 APT_PACKAGES := espeak-ng sox chromium
 
-.PHONY: run test bench lint system-deps venv clean
+.PHONY: run test bench cluster lint system-deps venv clean
 
 run: $(STAMP)
 	$(PY) -m omni_server $(ARGS)
@@ -16,10 +17,15 @@ run: $(STAMP)
 test: $(STAMP) system-deps
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONASYNCIODEBUG=1 $(PY) -m pytest -q $(ARGS)
 
-# BENCH=realtime (the WebSocket API's latency and load) or BENCH=capacity (calls per model, bench/capacity.py).
-BENCH  ?= realtime
+# Every benchmark by default (results: bench/RESULTS.md); BENCH=capacity (or realtime, webrtc, cluster, voices)
+# runs one, and ARGS go to each one run.
+BENCH  ?= realtime capacity cluster
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m bench.$(BENCH) $(ARGS)
+	for b in $(BENCH); do HF_HUB_OFFLINE=1 $(PY) -m bench.$$b $(ARGS) || exit 1; done
+
+# Cluster mode (docs/cluster.md): engines as Ray Serve replicas. Needs `ray start --head` (or RAY_ADDRESS) first.
+cluster: $(STAMP)
+	$(PY) -m omni_server --cluster auto $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check omni_server tests bench examples

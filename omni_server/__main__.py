@@ -9,8 +9,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from omni_server.app import OmniServer
+from omni_server.app import OmniServer, RemoteEngines
 from omni_server.config import Settings, load_settings
+from omni_server.engine.base import Engine
 from omni_server.engine.loader import load_engine
 from omni_server.errors import EngineError
 
@@ -47,10 +48,20 @@ def setup_logging(settings: Settings) -> None:
 
 
 async def serve_forever(settings: Settings) -> None:
+    if settings.cluster:
+        from omni_server.cluster.launch import cluster_engines  # Ray is imported in cluster mode only
+
+        async with cluster_engines(settings) as engines:
+            await _serve(settings, engines)
+        return
     try:
         engine = await asyncio.to_thread(load_engine, settings)
     except EngineError as e:
         raise SystemExit(f"Cannot start the engine: {e.message}") from e
+    await _serve(settings, engine)
+
+
+async def _serve(settings: Settings, engine: Engine | RemoteEngines) -> None:
     logger.info(engine.info.banner())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -2,7 +2,8 @@
 
 `OmniServer` wires the parts (engine worker, VAD model, session manager, endpoint) and owns their
 life: `async with OmniServer(settings, engine) as server:` serves until the block ends, then stops
-admitting, ends every call with `server_shutdown`, and joins the engine thread.
+admitting, ends every call with `server_shutdown`, and joins the engine thread. Given `RemoteEngines`
+instead of a loaded `Engine` (cluster mode), the calls go to engine replicas elsewhere.
 
 Must not import: torch (the engine arrives already loaded).
 """
@@ -16,13 +17,15 @@ import secrets
 import ssl
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from omni_server.config import Settings
-from omni_server.engine.base import Engine
+from omni_server.engine.base import Engine, EngineInfo
+from omni_server.engine.client import EngineClient
 from omni_server.engine.worker import EngineWorker
 from omni_server.library.identity import Identity
 from omni_server.media.vad import SileroVadModel
@@ -38,15 +41,27 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 5.0
 
 
+class RemoteEngines(Protocol):
+    """Engines that run outside this process (the Ray Serve cluster): they make the session manager."""
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+    def session_manager(self, settings: Settings, vad_model: SileroVadModel) -> SessionManager: ...
+
+
 class OmniServer:
     """Everything one server process runs, as an async context manager."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine | RemoteEngines) -> None:
         self.settings = settings
         self.engine = engine
         self.token = None if settings.no_auth else (settings.token or secrets.token_urlsafe(24))
-        self.worker = EngineWorker(engine)
-        self.manager = SessionManager(settings, self.worker, SileroVadModel())
+        if isinstance(engine, Engine):
+            self.manager = SessionManager(settings, EngineWorker(engine), SileroVadModel())
+        else:
+            self.manager = engine.session_manager(settings, SileroVadModel())
+        self.worker: EngineClient[Any] = self.manager.worker
         self.endpoint = RealtimeEndpoint(self.manager, engine.info)
         self.webrtc = WebRtcEndpoint(self.manager, engine.info)
         self.library = LibraryEndpoint(self.manager, Identity(Path(settings.data_dir)))

@@ -89,6 +89,13 @@ class Settings:
     max_voices_per_user: int = _opt(20, "Voices one person may keep.")
     max_characters_per_user: int = _opt(50, "Role-play characters one person may keep.")
     max_library_bytes: int = _opt(500 * 1024 * 1024, "Disk the whole voice library may use.")
+    # Cluster mode (issue 7): engine replicas on Ray Serve behind this process; see docs/cluster.md.
+    cluster: str = _opt("", "Engines as Ray Serve replicas: auto (`ray start`'s cluster), local, or a Ray address.")
+    replicas: int = _opt(2, "Cluster mode: engine replicas to deploy (each serves --max-sessions calls).")
+    replica_gpus: float | None = _opt(None, "Cluster mode: GPUs per replica (default 1; 0 for the tiny engine).")
+    replica_cpus: float = _opt(1.0, "Cluster mode: CPUs reserved per replica.")
+    cluster_call_timeout_s: float = _opt(30.0, "Cluster mode: longest wait for one engine call (then engine_timeout).")
+    cluster_reply_window: int = _opt(2, "Cluster mode: reply chunks requested ahead from a replica.")
     # Logs.
     log_level: str = _opt("info", "debug, info, warning or error.")
     log_json: bool = _opt(False, "Log one JSON object per line.")

@@ -38,6 +38,7 @@ import numpy as np
 from omni_server.engine.base import (
     INPUT_SAMPLE_RATE_HZ,
     Engine,
+    EngineInfo,
     OmniModel,
     OutputChunk,
     context_tokens,
@@ -87,6 +88,10 @@ class EngineWorker:
         self._thread.start()
 
     # ---- asyncio side ------------------------------------------------------------------------------
+
+    @property
+    def info(self) -> EngineInfo:
+        return self.engine.info
 
     def open(self, conversation_id: str) -> Conversation:
         return Conversation(id=conversation_id)

@@ -16,6 +16,7 @@ The interface, for the transports and for a cluster-wide admission that wraps or
     admission.active, .queued, .kv_reserved_bytes, .kv_budget_bytes, .max_active, .max_queue
     admission.estimate_wait_s(position)               # seconds, from measured call lengths
     admission.close()                                 # refuse waiting and future callers (shutdown)
+    admission.resize(max_active)                      # capacity changed (cluster replicas came or went)
 
 Wait estimates are measured: the mean time calls hold a slot (an exponential average of finished
 calls, 120 s until one has finished) minus how long each live call has already held its slot gives
@@ -84,6 +85,12 @@ class Admission:
             return 0.0
         rounds, index = divmod(position - 1, len(frees))
         return round(frees[index] + rounds * self._mean_hold_s, 1)
+
+    def resize(self, max_active: int) -> None:
+        """New capacity (cluster mode: engine replicas came or went). Waiting callers who now fit are
+        granted; after a shrink, calls over capacity run on and their slots vanish as they end."""
+        self.max_active = max_active
+        self._grant()
 
     def close(self) -> None:
         """Stop admitting (shutdown): waiting callers are refused."""

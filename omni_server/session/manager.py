@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from omni_server.config import Settings
-from omni_server.engine.worker import EngineWorker
+from omni_server.engine.client import EngineClient
 from omni_server.library.choice import choose_voice, decode_limits_for, store_for
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import SessionInit
@@ -33,12 +33,12 @@ logger = logging.getLogger(__name__)
 class SessionManager:
     """Makes calls from `session.init` and keeps the live ones (for shutdown and metrics)."""
 
-    def __init__(self, settings: Settings, worker: EngineWorker, vad_model: SileroVadModel) -> None:
+    def __init__(self, settings: Settings, worker: EngineClient[Any], vad_model: SileroVadModel) -> None:
         self.settings = settings
         self.worker = worker
         self.vad_model = vad_model
         # Each call reserves the KV cache of its longest context (a session.init may only lower it).
-        self.call_kv_bytes = settings.max_context_tokens * worker.engine.info.kv_bytes_per_token
+        self.call_kv_bytes = settings.max_context_tokens * worker.info.kv_bytes_per_token
         kv_budget_bytes = int(settings.kv_budget_gb * 1e9)
         self.admission = Admission(settings.max_sessions, settings.max_queue, kv_budget_bytes=kv_budget_bytes)
         if kv_budget_bytes:
@@ -98,8 +98,12 @@ class SessionManager:
             idle_timeout_s=s.idle_timeout_s,
         )
 
+    def engine_for(self, call_id: str) -> EngineClient[Any]:
+        """The engine a new call (or reading) talks to for its whole life; `forget(call_id)` lets it go."""
+        return self.worker
+
     def create(self, call_id: str, config: CallConfig, send: Send) -> CallSession:
-        session = CallSession(call_id, self.worker, config, send, self.vad_model)
+        session = CallSession(call_id, self.engine_for(call_id), config, send, self.vad_model)
         self.sessions[call_id] = session
         return session
 

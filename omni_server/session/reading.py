@@ -10,12 +10,13 @@ Must not import: websockets, aiortc, torch.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from omni_server.engine.base import OutputChunk
-from omni_server.engine.worker import EngineWorker
+from omni_server.engine.client import EngineClient
 from omni_server.errors import ProtocolError
 
 MAX_TEXT_CHARS = 1000
@@ -23,7 +24,7 @@ READ_PROMPT = {"en": "Please read the text below.", "zh": "请朗读下面的文
 
 
 async def read_aloud(
-    worker: EngineWorker,
+    worker: EngineClient[Any],
     conversation_id: str,
     ref_audio: npt.NDArray[np.float32],
     text: str,

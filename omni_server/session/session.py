@@ -39,7 +39,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, OUTPUT_SAMPLE_RATE_HZ, EngineInfo
-from omni_server.engine.worker import Conversation, EngineWorker, ReplyStream
+from omni_server.engine.client import ConversationHandle, EngineClient, ReplyChunks
 from omni_server.errors import OmniError, ProtocolError, SessionEnded, error_payload
 from omni_server.media.vad import SileroVadModel, VadStream
 from omni_server.protocol import usage_payload
@@ -149,7 +149,7 @@ class CallSession:
     def __init__(
         self,
         call_id: str,
-        worker: EngineWorker,
+        worker: EngineClient[Any],
         config: CallConfig,
         send: Send,
         vad_model: SileroVadModel,
@@ -171,7 +171,7 @@ class CallSession:
         self._frame: Image.Image | None = None
         self._in_turn = not config.turn_detection  # manual turn-taking: every sample belongs to a turn
         self._conv_index = itertools.count()
-        self._conv = worker.open(self._next_conv_id())
+        self._conv: ConversationHandle = worker.open(self._next_conv_id())
         self._reply_task: asyncio.Task[None] | None = None
         self._notify_interrupt = True
         self._replies: deque[str] = deque(maxlen=3)  # recent reply texts, for a context roll-over
@@ -410,7 +410,7 @@ class CallSession:
             gen_kwargs["temperature"] = self.config.temperature
         before = self._conv.context_tokens
         status, text = "completed", []
-        stream: ReplyStream | None = None
+        stream: ReplyChunks | None = None
         self._playback = stats.playback
         step_s = 0.0  # model time of a chunk: the next one is due that much before it is needed
         try:
@@ -490,7 +490,7 @@ class CallSession:
         return f"{self.id}.{next(self._conv_index)}"
 
     @property
-    def conversation(self) -> Conversation:
+    def conversation(self) -> ConversationHandle:
         return self._conv
 
 

@@ -194,24 +194,28 @@ class LibraryEndpoint:
 
         audio_s = 0.0
         # A reading is model work like a call: it takes one of the engine's call slots while it runs.
+        reading_id = f"tts_{secrets.token_hex(4)}"
         async with self.manager.slot(on_queued):
-            reading = read_aloud(
-                self.manager.worker,
-                f"tts_{secrets.token_hex(4)}",
-                ref,
-                _str(request, "text"),
-                language=language,
-                max_new_tokens=self.settings.max_new_tokens,
-            )
-            async with contextlib.aclosing(reading) as chunks:  # frees the model conversation if the client goes
-                async for chunk in chunks:
-                    if not chunk.audio.size:
-                        continue
-                    audio_s += chunk.duration_s
-                    b64 = base64.b64encode(chunk.audio.astype("<f4").tobytes()).decode("ascii")
-                    await self._reply(
-                        ws, rid, "tts.delta", audio=b64, text=chunk.text, sample_rate=OUTPUT_SAMPLE_RATE_HZ
-                    )
+            try:
+                reading = read_aloud(
+                    self.manager.engine_for(reading_id),
+                    reading_id,
+                    ref,
+                    _str(request, "text"),
+                    language=language,
+                    max_new_tokens=self.settings.max_new_tokens,
+                )
+                async with contextlib.aclosing(reading) as chunks:  # frees the model conversation if the client goes
+                    async for chunk in chunks:
+                        if not chunk.audio.size:
+                            continue
+                        audio_s += chunk.duration_s
+                        b64 = base64.b64encode(chunk.audio.astype("<f4").tobytes()).decode("ascii")
+                        await self._reply(
+                            ws, rid, "tts.delta", audio=b64, text=chunk.text, sample_rate=OUTPUT_SAMPLE_RATE_HZ
+                        )
+            finally:
+                self.manager.forget(reading_id)
         await self._reply(ws, rid, "tts.done", audio_s=round(audio_s, 3), sample_rate=OUTPUT_SAMPLE_RATE_HZ)
 
     @staticmethod
