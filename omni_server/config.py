@@ -63,6 +63,13 @@ class Settings:
     max_append_s: float = _opt(5.0, "Most audio one input.append may carry, in seconds.")
     max_frame_bytes: int = _opt(2 * 1024 * 1024, "Largest camera frame (JPEG bytes).")
     max_frame_pixels: int = _opt(4096 * 2304, "Largest camera frame (pixels).")
+    # Operations (issue 6): connection limits, slow clients, browser origins, shutdown.
+    max_connections_per_ip: int = _opt(16, "Realtime connections one address may hold; more get HTTP 429.")
+    allow_origin: str = _opt(
+        "", "Other web origins whose pages may connect (comma-separated, e.g. https://app.example; * for any)."
+    )
+    send_timeout_s: float = _opt(10.0, "A client that stops reading for this long is disconnected (slow_client).")
+    shutdown_grace_s: float = _opt(5.0, "On SIGTERM/SIGINT, how long calls get to end before they are cut.")
     # Logs.
     log_level: str = _opt("info", "debug, info, warning or error.")
     log_json: bool = _opt(False, "Log one JSON object per line.")
@@ -156,6 +163,8 @@ def _validated(s: Settings) -> Settings:
         (1024 <= s.max_context_tokens, "max_context_tokens must be at least 1024"),
         (16 <= s.max_new_tokens < s.max_context_tokens // 2, "max_new_tokens must be 16..max_context_tokens/2"),
         ((s.cert is None) == (s.key is None), "--cert and --key go together"),
+        (s.max_connections_per_ip >= 1, "max_connections_per_ip must be at least 1"),
+        (s.send_timeout_s > 0 and s.shutdown_grace_s >= 0, "send_timeout_s must be > 0 and shutdown_grace_s >= 0"),
         (s.log_level in ("debug", "info", "warning", "error"), "log_level must be debug, info, warning or error"),
     ]
     for ok, message in checks:

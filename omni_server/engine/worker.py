@@ -62,14 +62,22 @@ class _Job:
     fn: Callable[[OmniModel], Any] = field(compare=False)
     future: asyncio.Future[Any] = field(compare=False)
     loop: asyncio.AbstractEventLoop = field(compare=False)
+    kind: str = field(compare=False, default="call")  # prefill | chunk | call, for timing metrics
 
 
 class EngineWorker:
     """Runs model calls for many conversations on one thread, with their state swapped in."""
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_timing: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.engine = engine
         self._clock = clock
+        self._on_timing = on_timing  # (job kind, seconds), called on the worker thread after each model call
         self._jobs: list[_Job] = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
@@ -90,6 +98,7 @@ class EngineWorker:
         fn: Callable[[OmniModel], T],
         *,
         deadline: float | None = None,
+        kind: str = "call",
     ) -> T:
         """Run `fn(model)` on the worker thread with `conv`'s state swapped in."""
         if conv.closed:
@@ -103,6 +112,7 @@ class EngineWorker:
             fn,
             future,
             loop,
+            kind,
         )
         with self._cv:
             if self._stopping:
@@ -126,7 +136,7 @@ class EngineWorker:
             model.streaming_prefill(conv.id, msgs, tokenizer, **kwargs)
             return context_tokens(model)
 
-        return await self.run(conv, call, deadline=deadline)
+        return await self.run(conv, call, deadline=deadline, kind="prefill")
 
     async def reply(self, conv: Conversation, **kwargs: Any) -> ReplyStream:
         """Start `streaming_generate`; the returned stream pulls chunks one call at a time."""
@@ -196,13 +206,13 @@ class EngineWorker:
             if job.future.cancelled():
                 continue
             try:
-                result: Any = self._call_direct(job.conv, job.fn, self.engine.model)
+                result: Any = self._call_direct(job.conv, job.fn, self.engine.model, job.kind)
             except BaseException as e:  # delivered to the awaiting session, which ends itself
                 job.loop.call_soon_threadsafe(_deliver_error, job.future, e)
             else:
                 job.loop.call_soon_threadsafe(_deliver, job.future, result)
 
-    def _call_direct(self, conv: Conversation, fn: Callable[[OmniModel], Any], model: OmniModel) -> Any:
+    def _call_direct(self, conv: Conversation, fn: Callable[[OmniModel], Any], model: OmniModel, kind: str) -> Any:
         self._swap_in(conv, model)
         start = time.perf_counter()
         try:
@@ -212,6 +222,8 @@ class EngineWorker:
             conv.compute_s += elapsed
             self.busy_s += elapsed
             conv.context_tokens = context_tokens(model) if self._active is conv else 0
+            if self._on_timing is not None:
+                self._on_timing(kind, elapsed)
 
     def _swap_in(self, conv: Conversation, model: OmniModel) -> None:
         if self._active is conv:
@@ -245,7 +257,7 @@ class ReplyStream:
             item = next(gen, _END)
             return _END if item is _END else to_output_chunk(item)
 
-        item = await self._worker.run(self._conv, step, deadline=deadline)
+        item = await self._worker.run(self._conv, step, deadline=deadline, kind="chunk")
         if item is _END:
             self.finished = True
             return None

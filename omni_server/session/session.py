@@ -136,10 +136,10 @@ class CallSession:
         self._conv_index = itertools.count()
         self._conv = worker.open(self._next_conv_id())
         self._reply_task: asyncio.Task[None] | None = None
-        self._notify_interrupt = True
         self._replies: deque[str] = deque(maxlen=3)  # recent reply texts, for a context roll-over
         self._unit_tokens = 100  # estimate, refined by each prefill
         self._tg: asyncio.TaskGroup | None = None
+        self._closing = False
         self.started_at = clock()
         self.turns: list[dict[str, Any]] = []
         self.usage = {"input_tokens": 0, "output_tokens": 0, "audio_tokens": 0, "vision_tokens": 0}
@@ -178,6 +178,7 @@ class CallSession:
         self._inbox.put_nowait("commit")
 
     def close(self, reason: str = "stopped") -> None:
+        self._closing = True  # a reply in flight stops after the chunk it is making (see `_reply`)
         self._inbox.put_nowait("close:" + reason)
 
     # ---- life cycle -------------------------------------------------------------------------------
@@ -236,7 +237,8 @@ class CallSession:
             if self._in_turn or self._cutter.pending_samples:
                 await self._end_turn()
         elif command.startswith("close:"):
-            await self._interrupt(notify=False)
+            if self._reply_task is not None:
+                await asyncio.wait([self._reply_task])  # ends after its current chunk: nobody is cut mid-word
             raise SessionEnded("The client closed the session.", code=command.removeprefix("close:"))
 
     # ---- turns -----------------------------------------------------------------------------------
@@ -284,13 +286,12 @@ class CallSession:
     def _replying(self) -> bool:
         return self._reply_task is not None and not self._reply_task.done()
 
-    async def _interrupt(self, *, notify: bool = True) -> None:
+    async def _interrupt(self) -> None:
         """Barge-in: stop the reply within one chunk and tell the client to drop queued audio."""
         task = self._reply_task
         if task is None or task.done():
             return
-        self._notify_interrupt = notify  # the reply says `response.listen` before its `response.done`
-        task.cancel()
+        task.cancel()  # the reply says `response.listen` before its `response.done`
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -351,7 +352,7 @@ class CallSession:
         if self.config.temperature is not None:
             gen_kwargs["temperature"] = self.config.temperature
         before = self._conv.context_tokens
-        status, text = "completed", []
+        status, text, barged_in = "completed", [], False
         stream: ReplyStream | None = None
         try:
             stream = await self._worker.reply(self._conv, **gen_kwargs)
@@ -370,8 +371,11 @@ class CallSession:
                         audio=base64.b64encode(chunk.audio.astype("<f4").tobytes()).decode("ascii"),
                         sample_rate=OUTPUT_SAMPLE_RATE_HZ,
                     )
+                if self._closing:
+                    status = "interrupted"
+                    break
         except asyncio.CancelledError:
-            status = "interrupted"
+            status, barged_in = "interrupted", True
             raise
         finally:
             if stream is not None:
@@ -381,7 +385,7 @@ class CallSession:
             self.usage["output_tokens"] += output
             timings = stats.as_dict(self._conv.compute_s, self.late_units)
             self.turns.append({"status": status, **timings})
-            if status == "interrupted" and self._notify_interrupt:
+            if barged_in:
                 await asyncio.shield(self._send("response.listen", response_id=response_id, reason="interrupted"))
             await asyncio.shield(self._send_done(response_id, status, output, timings))
 
