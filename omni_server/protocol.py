@@ -105,7 +105,7 @@ def decode_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
         return ClientStats(
             underruns=_opt(obj, "underruns", int) or 0, played_s=float(_opt(obj, "played_s", float) or 0.0)
         )
-    raise ProtocolError(f"Unknown event type {kind!r}.", code="unknown_event")
+    raise ProtocolError(f"Unknown event type {str(kind)[:64]!r}.", code="unknown_event")  # never echo a long one
 
 
 def _session_init(p: dict[str, Any]) -> SessionInit:
