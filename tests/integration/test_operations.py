@@ -7,6 +7,7 @@ import http.client
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,13 @@ async def scrape(server: OmniServer) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
             samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
     return samples
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait for a server-side counter to change (counters have no event to await)."""
+    async with asyncio.timeout(timeout(10)):
+        while not condition():  # noqa: ASYNC110  (see the docstring)
+            await asyncio.sleep(0.01)
 
 
 async def manual_turn(client: RawClient) -> dict[str, object]:
@@ -143,9 +151,7 @@ async def test_connections_per_address_are_limited(tmp_path: Path) -> None:
         assert info.value.response.status_code == 429
         assert b"Too many connections" in info.value.response.body
         await first.close()
-        async with asyncio.timeout(timeout(10)):
-            while server.guard.open["127.0.0.1"] > 1:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: server.guard.open["127.0.0.1"] == 1)  # the server saw the socket close
         third = await RawClient.connect(server)
         await third.start()
         await asyncio.gather(second.close(), third.close())
@@ -195,9 +201,10 @@ async def test_client_that_stops_reading_is_cut_off(tmp_path: Path) -> None:
                 while True:  # every unknown event earns an error event that nobody reads
                     await stalled.ws.send('{"type":"nope"}')
                     await asyncio.sleep(0)  # one loop serves both ends: let the server run
-        async with asyncio.timeout(timeout(10)):
-            while (await scrape(server)).get('omni_sessions_closed_total{reason="slow_client"}', 0) < 1:
-                await asyncio.sleep(0.05)
+        registry = server.metrics.registry
+        await eventually(
+            lambda: registry.get_sample_value("omni_sessions_closed_total", {"reason": "slow_client"}) == 1
+        )
         client = await RawClient.connect(server)
         await client.start(**MANUAL)
         assert (await manual_turn(client))["response"]["status"] == "completed"
