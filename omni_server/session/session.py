@@ -274,6 +274,7 @@ class CallSession:
             await self._prefill_unit(unit)
 
     async def _end_turn(self) -> None:
+        await self._interrupt()  # manual turns: a commit during a reply replaces it (one reply at a time)
         self._in_turn = not self.config.turn_detection
         stats = TurnStats(speech_end_at=self._clock(), compute_start_s=self._conv.compute_s)
         tail = self._cutter.flush()
@@ -313,6 +314,9 @@ class CallSession:
         self._count_input(after - before, audio_s=0.0 if ref is None else len(ref) / INPUT_SAMPLE_RATE_HZ)
 
     async def _prefill_unit(self, audio: Samples) -> None:
+        # Manual turns: input during a reply talks over it. A prefill must never run under a live reply
+        # generator (it could not be resumed afterwards), so the reply ends first.
+        await self._interrupt()
         reserve = self.config.max_new_tokens + 32
         if self._conv.context_tokens + self._unit_tokens + reserve > self.config.max_context_tokens:
             await self._roll_over()
