@@ -22,6 +22,7 @@ import http
 import logging
 import secrets
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
@@ -121,7 +122,7 @@ class OmniServer:
 
     async def _load(self) -> None:
         try:
-            engine = await asyncio.to_thread(self._loader)
+            engine = await _in_daemon_thread(self._loader)
             self.engine = engine
             self.worker = EngineWorker(engine, on_timing=self.metrics.engine_timing)
             self.manager = SessionManager(self.settings, self.worker, SileroVadModel())
@@ -220,6 +221,33 @@ class OmniServer:
         if self.state == "stopping":
             return web.text(http.HTTPStatus.SERVICE_UNAVAILABLE, "stopping")
         return web.text(http.HTTPStatus.SERVICE_UNAVAILABLE, "starting: the model is loading")
+
+
+async def _in_daemon_thread(fn: EngineLoader) -> Engine:
+    """Run the loader on a daemon thread: a stop during a long download must not wait for it to end
+    (`asyncio.to_thread`'s executor is joined when the loop closes)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Engine] = loop.create_future()
+
+    def settle(result: Engine | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert result is not None
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as e:  # handed to the awaiting coroutine, which reports it
+            result, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop closed while loading: nobody is waiting
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="engine-loader", daemon=True).start()
+    return await future
 
 
 def _raw_sender(ws: ServerConnection) -> Callable[..., Awaitable[None]]:

@@ -79,8 +79,8 @@ class ConnectionGuard:
                 f"Too many connections from your address (at most {self.max_per_ip}). Close one and try again.",
             )
         self.open[ip] += 1
-        if isinstance(ws, GuardedConnection):
-            ws.on_lost = lambda: self._release(ip)
+        assert isinstance(ws, GuardedConnection)  # the server's connection class (see app.py)
+        ws.on_lost = lambda: self._release(ip)
         return None
 
     def _release(self, ip: str) -> None:

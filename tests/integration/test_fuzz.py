@@ -50,6 +50,7 @@ class ServerProcess:
         args += ["--log-json", "--max-message-bytes", str(MAX_MESSAGE_BYTES), "--max-frame-bytes", "20000"]
         args += ["--max-new-tokens", "48"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path.cwd())}
+        env.pop("PYTHONASYNCIODEBUG", None)  # robustness is tested here, not blocking; debug mode triples the time
         self.log_path = tmp_path / "server.log"
         self._log = self.log_path.open("w+")
         self.proc = subprocess.Popen([sys.executable, "-m", "omni_server", *args], stderr=self._log, env=env)

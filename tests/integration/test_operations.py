@@ -225,3 +225,15 @@ async def test_logs_name_sessions_but_never_transcripts(server: OmniServer, capl
     logged = "\n".join(r.getMessage() + " " + str(vars(r)) for r in caplog.records)
     assert [r for r in caplog.records if getattr(r, "session_id", None) == created["session_id"]]
     assert not [w for w in words if w in logged]
+
+
+async def test_out_of_range_settings_are_brought_into_range(server: OmniServer) -> None:
+    """Zero temperature, negative durations, absurd slice counts: the call is made and replies (found by fuzzing)."""
+    client = await RawClient.connect(server)
+    await client.start(
+        turn_detection={"type": "none", "min_speech_ms": -5, "silence_ms": 10**9},
+        config={"temperature": 0, "max_tokens": -3},
+        max_slice_nums=10**6,
+    )
+    assert (await manual_turn(client))["response"]["status"] == "completed"
+    await client.close()
