@@ -48,6 +48,7 @@ Send = Callable[..., Awaitable[None]]  # send(event_type, **fields)
 Samples = npt.NDArray[np.float32]
 # Pieces up to this size run silero on the event loop (at most ~2 ms); longer ones go to a thread.
 _INLINE_VAD_SAMPLES = INPUT_SAMPLE_RATE_HZ // 4
+_CLOSE_CHUNK_WAIT_S = 1.0
 _VOICE_MODES = {"assistant": "audio_assistant", "roleplay": "audio_roleplay", "voice_cloning": "voice_cloning"}
 _MEMORY_NOTE = {
     "en": "(Earlier in this call, which was too long to keep in full, you said: {text})",
@@ -238,7 +239,10 @@ class CallSession:
                 await self._end_turn()
         elif command.startswith("close:"):
             if self._reply_task is not None:
-                await asyncio.wait([self._reply_task])  # ends after its current chunk: nobody is cut mid-word
+                # The reply ends after the chunk being made; a chunk still queued behind other calls'
+                # more urgent work is not waited for (it could be seconds away), so the reply is dropped then.
+                await asyncio.wait([self._reply_task], timeout=_CLOSE_CHUNK_WAIT_S)
+                await self._interrupt()
             raise SessionEnded("The client closed the session.", code=command.removeprefix("close:"))
 
     # ---- turns -----------------------------------------------------------------------------------
@@ -379,7 +383,7 @@ class CallSession:
                     status = "interrupted"
                     break
         except asyncio.CancelledError:
-            status, barged_in = "interrupted", True
+            status, barged_in = "interrupted", not self._closing
             raise
         finally:
             if stream is not None:

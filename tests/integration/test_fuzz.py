@@ -31,7 +31,7 @@ from tests.conftest import TOKEN, timeout
 from tests.integration.realtime_client import RawClient
 
 MAX_MESSAGE_BYTES = 256 * 1024
-EXAMPLES = 100
+EXAMPLES = int(os.environ.get("OMNI_FUZZ_EXAMPLES", "30"))  # ~35 frames each; raise it for a longer run
 EVENT_TYPES = [
     "session.init",
     "input.append",
@@ -96,6 +96,7 @@ async def open_client(url: str) -> RawClient:
         subprotocols=["map.realtime"],  # type: ignore[list-item]
         max_size=None,
         ping_interval=None,  # keepalive pings draw from the global `random`, which hypothesis watches
+        max_queue=None,  # keep reading while sending, so a close from the server is seen at once
     )
     return RawClient(ws)
 
@@ -108,7 +109,7 @@ class GoodCaller:
         self.stop = threading.Event()
         self.completed = 0
         self.problems: list[dict[str, Any]] = []
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="good-caller")
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run(), debug=False), name="good-caller")
 
     async def _run(self) -> None:
         client = await open_client(self.url)
@@ -120,6 +121,7 @@ class GoodCaller:
             done = await client.until("response.done", limit_s=60)
             if done["response"]["status"] == "completed":
                 self.completed += 1
+            await asyncio.sleep(0.5)  # a caller who listens to the reply before speaking again
         self.problems = client.of_type("error") + client.of_type("session.closed")
         await client.close()
 
@@ -131,9 +133,9 @@ json_values = st.recursive(
     | st.booleans()
     | st.integers(min_value=-(2**80), max_value=2**80)
     | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=50),
+    | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=12,
+    max_leaves=6,
 )
 pcm = st.binary(max_size=6000).map(lambda b: base64.b64encode(b).decode())
 float_pcm = st.lists(st.floats(width=32), max_size=800).map(
@@ -201,17 +203,17 @@ Frame = str | bytes | tuple[str, int]  # a tuple stands for `text * count` (kept
 
 @st.composite
 def frame(draw: st.DrawFn) -> Frame:
-    choice = draw(st.integers(0, 9))
+    choice = draw(st.integers(0, 19))
     if choice == 0:
         return draw(st.binary(max_size=512))
     if choice == 1:
         return draw(st.text(max_size=512))
     if choice == 2:  # deep nesting
-        return (draw(st.sampled_from(["[", '{"a":'])), draw(st.integers(100, 30_000)))
+        return (draw(st.sampled_from(["[", '{"a":'])), draw(st.integers(100, 5_000)))
     if choice == 3:  # just under and just over the message size limit
         return ("x", draw(st.sampled_from([MAX_MESSAGE_BYTES - 1, MAX_MESSAGE_BYTES + 1])))
     text = json.dumps(draw(event()), allow_nan=True)
-    if choice < 6:
+    if choice < 12:
         edits = st.tuples(st.integers(0, 10**6), st.sampled_from(["flip", "drop", "dup"]), st.characters())
         return mutate(text, draw(st.lists(edits, min_size=1, max_size=4)))
     return text
@@ -239,7 +241,7 @@ async def fire(url: str, init_first: bool, frames: list[Frame]) -> None:
 
 
 def test_random_frames_never_hurt_the_server_or_another_call(tmp_path: Path) -> None:
-    """About 2000 random or mutated frames on 100 connections; the server stays ready, a call beside completes."""
+    """About a thousand random or mutated frames on 30 connections; the server stays ready, a call beside completes."""
     fuzzed = ServerProcess(tmp_path)
     good = GoodCaller(fuzzed.url)
     good.thread.start()
@@ -252,10 +254,10 @@ def test_random_frames_never_hurt_the_server_or_another_call(tmp_path: Path) -> 
         phases=[Phase.generate],  # shrinking a failure can take minutes; the failing frames are printed as they are
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
     )
-    @given(init_first=st.booleans(), frames=st.lists(frame(), min_size=15, max_size=35))
+    @given(init_first=st.booleans(), frames=st.lists(frame(), min_size=25, max_size=40))
     def fuzz(init_first: bool, frames: list[Frame]) -> None:
         sent[0] += len(frames)
-        asyncio.run(fire(fuzzed.url, init_first, frames))
+        asyncio.run(fire(fuzzed.url, init_first, frames), debug=False)  # debug checks are for the server
 
     try:
         fuzz()
@@ -264,6 +266,6 @@ def test_random_frames_never_hurt_the_server_or_another_call(tmp_path: Path) -> 
         good.stop.set()
         good.thread.join(timeout(120))
         assert fuzzed.stop() == 0
-    assert sent[0] > 1500
+    assert sent[0] > 25 * EXAMPLES
     assert good.completed >= 2 and not good.problems
     assert not [e for e in fuzzed.logs() if e["level"] in ("error", "critical")]
