@@ -31,7 +31,7 @@ from tests.conftest import TOKEN, timeout
 from tests.integration.realtime_client import RawClient
 
 MAX_MESSAGE_BYTES = 256 * 1024
-EXAMPLES = int(os.environ.get("OMNI_FUZZ_EXAMPLES", "30"))  # ~35 frames each; raise it for a longer run
+EXAMPLES = int(os.environ.get("OMNI_FUZZ_EXAMPLES", "20"))  # ~35 frames each; raise it for a longer run
 EVENT_TYPES = [
     "session.init",
     "input.append",
@@ -241,7 +241,7 @@ async def fire(url: str, init_first: bool, frames: list[Frame]) -> None:
 
 
 def test_random_frames_never_hurt_the_server_or_another_call(tmp_path: Path) -> None:
-    """About a thousand random or mutated frames on 30 connections; the server stays ready, a call beside completes."""
+    """Hundreds of random or mutated frames on 20 connections; the server stays ready, a call beside completes."""
     fuzzed = ServerProcess(tmp_path)
     good = GoodCaller(fuzzed.url)
     good.thread.start()
