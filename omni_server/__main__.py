@@ -1,50 +1,27 @@
-"""`python -m omni_server`: load the engine, serve, print the URL, stop cleanly on SIGINT/SIGTERM."""
+"""`python -m omni_server`: listen at once, load the engine in the background, stop cleanly on SIGINT/SIGTERM.
+
+Start-up order: settings (printed, token masked), then the port opens (`/healthz` answers, `/readyz`
+says "starting"), then the model loads and warms up (`/readyz` says "ready"). A load failure exits
+with its plain-words message. The first SIGINT/SIGTERM stops admitting, ends every call with
+`server_shutdown` (replies finish their current chunk) and exits within `shutdown_grace_s` plus the
+engine thread's join; a second one exits at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
 import signal
-import sys
 from collections.abc import Sequence
 
-from omni_server.app import OmniServer, RemoteEngines
+from omni_server.app import EngineLoader, OmniServer, RemoteEngines
 from omni_server.config import Settings, load_settings
-from omni_server.engine.base import Engine
 from omni_server.engine.loader import load_engine
 from omni_server.errors import EngineError
+from omni_server.logs import setup_logging
 
 logger = logging.getLogger("omni_server")
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
-        for key in ("session_id", "reason", "dropped_tokens"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-class _SessionFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        session = getattr(record, "session_id", None)
-        return f"{line} [session {session}]" if session else line
-
-
-def setup_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_json:
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(_SessionFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
-    for noisy in ("websockets", "aioice", "aiortc"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 async def serve_forever(settings: Settings) -> None:
@@ -53,36 +30,54 @@ async def serve_forever(settings: Settings) -> None:
 
         async with cluster_engines(settings) as engines:
             await _serve(settings, engines)
-        return
-    try:
-        engine = await asyncio.to_thread(load_engine, settings)
-    except EngineError as e:
-        raise SystemExit(f"Cannot start the engine: {e.message}") from e
-    await _serve(settings, engine)
+    else:
+        await _serve(settings, functools.partial(load_engine, settings))
 
 
-async def _serve(settings: Settings, engine: Engine | RemoteEngines) -> None:
-    logger.info(engine.info.banner())
+async def _serve(settings: Settings, engine: EngineLoader | RemoteEngines) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        logger.info("%s: shutting down (send it again to exit at once)", sig.name)
+        stop.set()
+        for s in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(s)  # a second signal gets Python's default: exit now
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     async with OmniServer(settings, engine) as server:
         if server.token is None:
             logger.warning("--no-auth: ANYONE who can reach port %d can use this server and its model", server.port)
-        print(f"\n  omni_server is ready ({engine.info.banner()})", flush=True)
-        print(f"  Open: {server.url()}\n", flush=True)
-        if server.cert_path is not None and settings.cert is None:
-            print(f"  Self-signed certificate: {server.cert_path} (trust it, or accept the browser warning once)\n")
-        await stop.wait()
-        logger.info("shutting down: ending calls")
+        logger.info("listening on port %d; loading the model (/readyz says when it is ready)", server.port)
+        loading = asyncio.create_task(server.wait_ready(), name="wait-ready")
+        stopping = asyncio.create_task(stop.wait(), name="wait-stop")
+        try:
+            await asyncio.wait([loading, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not stopping.done():
+                loading.result()
+                _print_ready(server)
+                await stopping
+        except EngineError as e:
+            raise SystemExit(f"Cannot start the engine: {e.message}") from e
+        finally:
+            for task in (loading, stopping):
+                task.cancel()
+    logger.info("stopped")
+
+
+def _print_ready(server: OmniServer) -> None:
+    print(f"\n  omni_server is ready ({server.worker.info.banner()})", flush=True)
+    print(f"  Open: {server.url()}\n", flush=True)
+    if server.cert_path is not None and server.settings.cert is None:
+        print(f"  Self-signed certificate: {server.cert_path} (trust it, or accept the browser warning once)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(argv)
-    setup_logging(settings)
+    setup_logging(settings.log_level, json_lines=settings.log_json)
     for line in settings.describe():
-        logger.debug("setting %s", line)
+        logger.info("setting %s", line)
     asyncio.run(serve_forever(settings))
 
 

@@ -96,6 +96,13 @@ class Settings:
     replica_cpus: float = _opt(1.0, "Cluster mode: CPUs reserved per replica.")
     cluster_call_timeout_s: float = _opt(30.0, "Cluster mode: longest wait for one engine call (then engine_timeout).")
     cluster_reply_window: int = _opt(2, "Cluster mode: reply chunks requested ahead from a replica.")
+    # Operations (issue 6): connection limits, slow clients, browser origins, shutdown.
+    max_connections_per_ip: int = _opt(16, "Realtime connections one address may hold; more get HTTP 429.")
+    allow_origin: str = _opt(
+        "", "Other web origins whose pages may connect (comma-separated, e.g. https://app.example; * for any)."
+    )
+    send_timeout_s: float = _opt(10.0, "A client that stops reading for this long is disconnected (slow_client).")
+    shutdown_grace_s: float = _opt(5.0, "On SIGTERM/SIGINT, how long calls get to end before they are cut.")
     # Logs.
     log_level: str = _opt("info", "debug, info, warning or error.")
     log_json: bool = _opt(False, "Log one JSON object per line.")
@@ -206,7 +213,9 @@ def _validated(s: Settings) -> Settings:
         (16 <= s.max_new_tokens < s.max_context_tokens // 2, "max_new_tokens must be 16..max_context_tokens/2"),
         ((s.cert is None) == (s.key is None), "--cert and --key go together"),
         (all(map(_ice_server_ok, s.ice_server)), "ice_server must be stun:HOST:PORT or turn:USER:CREDENTIAL@HOST:PORT"),
-        (0 < s.max_voice_bytes <= s.max_message_bytes, "max_voice_bytes must be 1..max_message_bytes"),
+        (s.max_voice_bytes > 0, "max_voice_bytes must be positive"),
+        (s.max_connections_per_ip >= 1, "max_connections_per_ip must be at least 1"),
+        (s.send_timeout_s > 0 and s.shutdown_grace_s >= 0, "send_timeout_s must be > 0 and shutdown_grace_s >= 0"),
         (s.log_level in ("debug", "info", "warning", "error"), "log_level must be debug, info, warning or error"),
     ]
     for ok, message in checks:

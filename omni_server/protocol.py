@@ -99,6 +99,8 @@ def decode_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
         obj = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ProtocolError(f"Message is not valid JSON ({e.msg} at position {e.pos}).", code="invalid_json") from e
+    except RecursionError as e:  # json recurses per nesting level; a deep message must not kill the reader
+        raise ProtocolError("Message is nested too deeply.", code="invalid_json") from e
     if not isinstance(obj, dict):
         raise ProtocolError("Message must be a JSON object with a 'type'.", code="invalid_json")
     kind = obj.get("type")
@@ -119,7 +121,7 @@ def decode_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
         if not sdp:
             raise ProtocolError("webrtc.offer needs the offer's SDP text in 'sdp'.", code="invalid_sdp")
         return WebRtcOffer(sdp=sdp)
-    raise ProtocolError(f"Unknown event type {kind!r}.", code="unknown_event")
+    raise ProtocolError(f"Unknown event type {str(kind)[:64]!r}.", code="unknown_event")  # never echo a long one
 
 
 def _session_init(p: dict[str, Any]) -> SessionInit:
@@ -186,6 +188,8 @@ def _opt(obj: dict[str, Any], key: str, kind: type) -> Any:
         ok = True
     if not ok:
         raise ProtocolError(f"Field {key!r} must be of type {kind.__name__}.")
+    if kind is float and not abs(value) < 1e300:  # NaN, infinities, and ints too big for a float
+        raise ProtocolError(f"Field {key!r} must be a finite number.")
     return value
 
 

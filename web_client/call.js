@@ -274,6 +274,10 @@ export class Call {
   }
 
   onSessionQueued(e) {
+    if (e.reason === "starting") {
+      this.setState("starting", "The server is loading its model; the call starts when it is ready.");
+      return;
+    }
     this.setState("queued", `You are number ${e.position} in line (about ${Math.ceil(e.estimated_wait_s)} s).`);
   }
 

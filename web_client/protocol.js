@@ -154,5 +154,6 @@ export function errorText(error) {
   const code = error && error.code;
   if (code === "queue_full") return "The server is full right now. Please try again in a few minutes.";
   if (code === "server_shutdown") return "The server is shutting down. Please try again later.";
+  if (code === "engine_error") return "The server could not load its model. Its operator can see why in its log.";
   return (error && error.message) || "Something went wrong on the server.";
 }

@@ -2,6 +2,7 @@
 
 const STATE_WORDS = {
   connecting: "Connecting…",
+  starting: "Starting…",
   queued: "Waiting in line",
   listening: "Listening",
   thinking: "Thinking…",

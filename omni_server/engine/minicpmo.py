@@ -2,8 +2,8 @@
 
 Its remote code needs transformers 4.44.x (4.48 breaks its TTS, 4.49 fails at import) and hard-codes
 CUDA in a few TTS lines, so loading checks both and says plainly what is wrong instead of failing deep
-inside the model. A local directory (or a warm hub cache with `HF_HUB_OFFLINE=1`) works offline; it
-needs the snapshot's `assets/` folder (chattts_tokenizer, Vocos.pt) for `init_tts()`.
+inside the model. Where the files come from (directory, cache, download) and the GPU memory check
+are in `download.py`.
 
 Must not import: sockets, websockets, aiortc, omni_server.session, omni_server.transport.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from omni_server.engine.base import Engine, EngineInfo, kv_bytes_per_token
+from omni_server.engine.download import check_assets, check_gpu_memory, model_dir
 from omni_server.errors import EngineError
 
 logger = logging.getLogger(__name__)
@@ -40,32 +41,26 @@ def check_environment(model: str, device: str) -> None:
             f"MiniCPM-o 2.6's speech output hard-codes CUDA in its TTS code, so it cannot stream speech on "
             f"{device!r}. Run it on a CUDA GPU, or use --engine tiny."
         )
-    local = Path(model)
-    if local.exists():
-        missing = [p for p in ("assets/Vocos.pt", "assets/chattts_tokenizer") if not (local / p).exists()]
-        if missing:
-            raise EngineError(f"{model} lacks {', '.join(missing)} from the model snapshot; speech output needs them.")
+    if Path(model).is_dir():
+        check_assets(Path(model))
 
 
 def load_minicpmo(model: str = DEFAULT_MODEL, *, device: str = "cuda", dtype: str = "bf16") -> Engine:
     """Load MiniCPM-o 2.6 ready to stream (downloads with progress bars on first use)."""
     check_environment(model, device)
     import torch
+    from huggingface_hub import constants
     from transformers import AutoModel, AutoTokenizer
 
     torch_dtype = getattr(torch, _DTYPES[dtype])
-    if device == "cuda":
-        free, total = torch.cuda.mem_get_info()
-        if free < 19 * 2**30 and dtype != "fp32":
-            logger.warning(
-                "only %.1f of %.1f GiB GPU memory free; the model needs about 19 GiB", free / 2**30, total / 2**30
-            )
+    check_gpu_memory(*torch.cuda.mem_get_info(), dtype)  # before a 17 GB download, not after
+    path = model_dir(model, offline=constants.HF_HUB_OFFLINE)
     try:
         llm: Any = AutoModel.from_pretrained(
-            model, trust_remote_code=True, attn_implementation="sdpa", torch_dtype=torch_dtype
+            path, trust_remote_code=True, attn_implementation="sdpa", torch_dtype=torch_dtype
         )
         llm = llm.eval().to(device)
-        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
         llm.init_tts()
     except torch.cuda.OutOfMemoryError as e:
         raise EngineError("Not enough GPU memory to load MiniCPM-o 2.6 (about 19 GiB in bf16).") from e

@@ -70,14 +70,22 @@ class _Job:
     fn: Callable[[OmniModel], Any] = field(compare=False)
     future: asyncio.Future[Any] = field(compare=False)
     loop: asyncio.AbstractEventLoop = field(compare=False)
+    kind: str = field(compare=False, default="call")  # prefill | chunk | call, for timing metrics
 
 
 class EngineWorker:
     """Runs model calls for many conversations on one thread, with their state swapped in."""
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_timing: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.engine = engine
         self._clock = clock
+        self._on_timing = on_timing  # (job kind, seconds), called on the worker thread after each model call
         self._jobs: list[_Job] = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
@@ -102,23 +110,26 @@ class EngineWorker:
         fn: Callable[[OmniModel], T],
         *,
         deadline: float | None = None,
+        kind: str = "call",
     ) -> T:
         """Run `fn(model)` on the worker thread with `conv`'s state swapped in."""
-        return await self.submit(conv, fn, deadline=deadline)  # cancelling marks the future; the worker skips it
+        return await self.submit(
+            conv, fn, deadline=deadline, kind=kind
+        )  # cancelling marks the future; the worker skips it
 
     def now(self) -> float:
         """The clock deadlines are read against."""
         return self._clock()
 
     def submit(
-        self, conv: Conversation, fn: Callable[[OmniModel], T], *, deadline: float | None = None
+        self, conv: Conversation, fn: Callable[[OmniModel], T], *, deadline: float | None = None, kind: str = "call"
     ) -> asyncio.Future[T]:
         """Queue `fn(model)` and return its future at once (to queue the next step before awaiting one)."""
         if conv.closed:
             raise EngineError("This conversation has already ended.")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        job = _Job(self._clock() if deadline is None else deadline, next(self._seq), conv, fn, future, loop)
+        job = _Job(self._clock() if deadline is None else deadline, next(self._seq), conv, fn, future, loop, kind)
         with self._cv:
             if self._stopping:
                 raise EngineError("The engine is shutting down.")
@@ -141,7 +152,7 @@ class EngineWorker:
             model.streaming_prefill(conv.id, msgs, tokenizer, **kwargs)
             return context_tokens(model)
 
-        return await self.run(conv, call, deadline=deadline)
+        return await self.run(conv, call, deadline=deadline, kind="prefill")
 
     async def reply(self, conv: Conversation, **kwargs: Any) -> ReplyStream:
         """Start `streaming_generate`; the returned stream pulls chunks one call at a time."""
@@ -211,13 +222,13 @@ class EngineWorker:
             if job.future.cancelled():
                 continue
             try:
-                result: Any = self._call_direct(job.conv, job.fn, self.engine.model)
+                result: Any = self._call_direct(job.conv, job.fn, self.engine.model, job.kind)
             except BaseException as e:  # delivered to the awaiting session, which ends itself
                 job.loop.call_soon_threadsafe(_deliver_error, job.future, e)
             else:
                 job.loop.call_soon_threadsafe(_deliver, job.future, result)
 
-    def _call_direct(self, conv: Conversation, fn: Callable[[OmniModel], Any], model: OmniModel) -> Any:
+    def _call_direct(self, conv: Conversation, fn: Callable[[OmniModel], Any], model: OmniModel, kind: str) -> Any:
         self._swap_in(conv, model)
         start = time.perf_counter()
         try:
@@ -227,6 +238,8 @@ class EngineWorker:
             conv.compute_s += elapsed
             self.busy_s += elapsed
             conv.context_tokens = context_tokens(model) if self._active is conv else 0
+            if self._on_timing is not None:
+                self._on_timing(kind, elapsed)
 
     def _swap_in(self, conv: Conversation, model: OmniModel) -> None:
         if self._active is conv:
@@ -264,8 +277,8 @@ class ReplyStream:
         # Steps of one reply must run in the order they were queued: each takes the generator's next item.
         due = max(self._worker.now() if deadline is None else deadline, self._queued_until)
         self._queued_until = due
-        pending = self._ahead or self._worker.submit(self._conv, self._step, deadline=due)
-        self._ahead = self._worker.submit(self._conv, self._step, deadline=due) if read_ahead else None
+        pending = self._ahead or self._worker.submit(self._conv, self._step, deadline=due, kind="chunk")
+        self._ahead = self._worker.submit(self._conv, self._step, deadline=due, kind="chunk") if read_ahead else None
         item = await pending
         if item is _END:
             self._drop_ahead()

@@ -51,7 +51,7 @@ def store_for(settings: Settings) -> VoiceStore:
 
 def decode_limits_for(settings: Settings) -> DecodeLimits:
     return DecodeLimits(
-        max_bytes=settings.max_voice_bytes,
+        max_bytes=min(settings.max_voice_bytes, settings.max_message_bytes),  # an upload is one message
         max_duration_s=settings.max_voice_input_s,
         max_decode_s=settings.voice_decode_timeout_s,
     )

@@ -74,6 +74,9 @@ class SessionManager:
             max_context = max(1024, min(init.max_kv_tokens, max_context))
         silence_ms = td.silence_ms if td.silence_ms is not None else s.vad_silence_ms
         threshold = td.threshold if td.threshold is not None else s.vad_threshold
+        min_speech_ms = td.min_speech_ms if td.min_speech_ms is not None else s.vad_min_speech_ms
+        # Out-of-range numbers from a client are brought into range, as the fields above are.
+        slices = None if init.max_slice_nums is None else min(max(init.max_slice_nums, 1), 9)
         return CallConfig(
             video=video,
             conversation_mode=voice.conversation_mode,
@@ -82,14 +85,14 @@ class SessionManager:
             ref_audio=None if ref is None else np.ascontiguousarray(ref, dtype=np.float32),
             greeting=voice.greeting,
             max_new_tokens=max_new_tokens,
-            temperature=init.temperature,
+            temperature=None if init.temperature is None else min(max(init.temperature, 0.05), 2.0),
             tts_enabled=init.tts_enabled,
-            max_slice_nums=2 if init.vision_hd else init.max_slice_nums,
+            max_slice_nums=2 if init.vision_hd else slices,
             turn_detection=td.enabled,
             turn=TurnConfig(
                 threshold=min(max(threshold, 0.05), 0.95),
                 min_silence_ms=min(max(silence_ms, 100), 5000),
-                min_speech_ms=td.min_speech_ms if td.min_speech_ms is not None else s.vad_min_speech_ms,
+                min_speech_ms=min(max(min_speech_ms, 0), 5000),
             ),
             barge_in=s.barge_in if td.barge_in is None else td.barge_in,
             preroll_ms=s.preroll_ms,

@@ -60,6 +60,7 @@ FIRST_CHUNK_SLACK_S = 0.5  # a reply's first chunk may yield this long to calls 
 PLAYBACK_GUARD_S = 0.1  # a later chunk is due this long (plus its own compute) before the listener runs dry
 # Pieces up to this size run silero on the event loop (at most ~2 ms); longer ones go to a thread.
 _INLINE_VAD_SAMPLES = INPUT_SAMPLE_RATE_HZ // 4
+_CLOSE_CHUNK_WAIT_S = 1.0
 _VOICE_MODES = {"assistant": "audio_assistant", "roleplay": "audio_roleplay", "voice_cloning": "voice_cloning"}
 _MEMORY_NOTE = {
     "en": "(Earlier in this call, which was too long to keep in full, you said: {text})",
@@ -173,10 +174,10 @@ class CallSession:
         self._conv_index = itertools.count()
         self._conv: ConversationHandle = worker.open(self._next_conv_id())
         self._reply_task: asyncio.Task[None] | None = None
-        self._notify_interrupt = True
         self._replies: deque[str] = deque(maxlen=3)  # recent reply texts, for a context roll-over
         self._unit_tokens = 100  # estimate, refined by each prefill
         self._tg: asyncio.TaskGroup | None = None
+        self._closing = False
         self.started_at = clock()
         self.turns: list[dict[str, Any]] = []
         self.usage = {"input_tokens": 0, "output_tokens": 0, "audio_tokens": 0, "vision_tokens": 0}
@@ -218,6 +219,7 @@ class CallSession:
         self._inbox.put_nowait("commit")
 
     def close(self, reason: str = "stopped") -> None:
+        self._closing = True  # a reply in flight stops after the chunk it is making (see `_reply`)
         self._inbox.put_nowait("close:" + reason)
 
     # ---- life cycle -------------------------------------------------------------------------------
@@ -280,7 +282,11 @@ class CallSession:
             if self._in_turn or self._cutter.pending_samples:
                 await self._end_turn()
         elif command.startswith("close:"):
-            await self._interrupt(notify=False)
+            if self._reply_task is not None:
+                # The reply ends after the chunk being made; a chunk still queued behind other calls'
+                # more urgent work is not waited for (it could be seconds away), so the reply is dropped then.
+                await asyncio.wait([self._reply_task], timeout=_CLOSE_CHUNK_WAIT_S)
+                await self._interrupt()
             raise SessionEnded("The client closed the session.", code=command.removeprefix("close:"))
 
     # ---- turns -----------------------------------------------------------------------------------
@@ -316,6 +322,7 @@ class CallSession:
             await self._prefill_unit(unit, arrived=self._received_at)
 
     async def _end_turn(self) -> None:
+        await self._interrupt()  # manual turns: a commit during a reply replaces it (one reply at a time)
         self._in_turn = not self.config.turn_detection
         stats = TurnStats(speech_end_at=self._clock(), compute_start_s=self._conv.compute_s)
         tail = self._cutter.flush()
@@ -339,15 +346,14 @@ class CallSession:
     def _replying(self) -> bool:
         return self._reply_task is not None and not self._reply_task.done()
 
-    async def _interrupt(self, *, notify: bool = True) -> None:
+    async def _interrupt(self) -> None:
         """Barge-in: stop the reply within one chunk and tell the client to drop queued audio."""
         if self.audio_sink is not None:
             self.audio_sink.flush()  # a reply generated in full may still be playing on the track
         task = self._reply_task
         if task is None or task.done():
             return
-        self._notify_interrupt = notify  # the reply says `response.listen` before its `response.done`
-        task.cancel()
+        task.cancel()  # the reply says `response.listen` before its `response.done`
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -369,6 +375,9 @@ class CallSession:
         self._count_input(after - before, audio_s=0.0 if ref is None else len(ref) / INPUT_SAMPLE_RATE_HZ)
 
     async def _prefill_unit(self, audio: Samples, *, arrived: float, bound_s: float = PREFILL_START_S) -> None:
+        # Manual turns: input during a reply talks over it. A prefill must never run under a live reply
+        # generator (it could not be resumed afterwards), so the reply ends first.
+        await self._interrupt()
         reserve = self.config.max_new_tokens + 32
         if self._conv.context_tokens + self._unit_tokens + reserve > self.config.max_context_tokens:
             await self._roll_over()
@@ -409,7 +418,7 @@ class CallSession:
         if self.config.temperature is not None:
             gen_kwargs["temperature"] = self.config.temperature
         before = self._conv.context_tokens
-        status, text = "completed", []
+        status, text, barged_in = "completed", [], False
         stream: ReplyChunks | None = None
         self._playback = stats.playback
         step_s = 0.0  # model time of a chunk: the next one is due that much before it is needed
@@ -433,16 +442,19 @@ class CallSession:
                     stats.playback.on_audio(now, chunk.duration_s)
                     if self.audio_sink is not None:
                         self.audio_sink.write(chunk.audio)
-                        continue
-                    await self._send(
-                        "response.output_audio.delta",
-                        response_id=response_id,
-                        audio=base64.b64encode(chunk.audio.astype("<f4").tobytes()).decode("ascii"),
-                        sample_rate=OUTPUT_SAMPLE_RATE_HZ,
-                        ahead_of_playback_ms=round(stats.playback.ahead_s(now) * 1000, 1),
-                    )
+                    else:
+                        await self._send(
+                            "response.output_audio.delta",
+                            response_id=response_id,
+                            audio=base64.b64encode(chunk.audio.astype("<f4").tobytes()).decode("ascii"),
+                            sample_rate=OUTPUT_SAMPLE_RATE_HZ,
+                            ahead_of_playback_ms=round(stats.playback.ahead_s(now) * 1000, 1),
+                        )
+                if self._closing:
+                    status = "interrupted"
+                    break
         except asyncio.CancelledError:
-            status = "interrupted"
+            status, barged_in = "interrupted", not self._closing
             raise
         finally:
             if self.audio_sink is not None and status == "interrupted":
@@ -459,7 +471,7 @@ class CallSession:
             self.usage["output_tokens"] += output
             timings = stats.as_dict(self._conv.compute_s, self.late_units)
             self.turns.append({"status": status, **timings})
-            if status == "interrupted" and self._notify_interrupt:
+            if barged_in:
                 await asyncio.shield(self._send("response.listen", response_id=response_id, reason="interrupted"))
             await asyncio.shield(self._send_done(response_id, status, output, timings))
 

@@ -27,10 +27,12 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from omni_server.config import Settings
 from omni_server.engine.base import OUTPUT_SAMPLE_RATE_HZ
 from omni_server.errors import OmniError, ProtocolError, error_payload
 from omni_server.library.identity import Identity
 from omni_server.library.reference import voice_from_file
+from omni_server.library.store import VoiceStore
 from omni_server.media.pcm import AudioFormatError
 from omni_server.protocol import encode
 from omni_server.session.manager import SessionManager
@@ -48,11 +50,22 @@ FILE_WAIT_S = 30.0
 class LibraryEndpoint:
     """Library routes and the `/v1/library` socket, for the people `identity` tells apart."""
 
-    def __init__(self, manager: SessionManager, identity: Identity) -> None:
-        self.manager = manager
-        self.store = manager.voices
+    def __init__(self, settings: Settings, identity: Identity, store: VoiceStore) -> None:
+        self.settings = settings
         self.identity = identity
-        self.settings = manager.settings
+        self.store = store
+        self.manager: SessionManager | None = None  # the socket is served once the engine is loaded
+
+    def attach(self, manager: SessionManager) -> None:
+        """The engine is loaded: serve the socket, and let calls resolve voices from this same store."""
+        self.manager = manager
+        manager.voices = self.store
+
+    @property
+    def _calls(self) -> SessionManager:
+        if self.manager is None:  # the server refuses /v1/library handshakes until it is ready
+            raise OmniError("The server is still starting.", code="starting")
+        return self.manager
 
     # ---- GET ---------------------------------------------------------------------------------------
 
@@ -132,7 +145,7 @@ class LibraryEndpoint:
         elif kind == "voice.add":
             data = await self._file(ws)
             prepared = await asyncio.to_thread(
-                voice_from_file, data, _str(request, "content_type"), self.manager.decode_limits, self.manager.vad_model
+                voice_from_file, data, _str(request, "content_type"), self._calls.decode_limits, self._calls.vad_model
             )
             voice = await asyncio.to_thread(
                 store.add_voice,
@@ -195,10 +208,10 @@ class LibraryEndpoint:
         audio_s = 0.0
         # A reading is model work like a call: it takes one of the engine's call slots while it runs.
         reading_id = f"tts_{secrets.token_hex(4)}"
-        async with self.manager.slot(on_queued):
+        async with self._calls.slot(on_queued):
             try:
                 reading = read_aloud(
-                    self.manager.engine_for(reading_id),
+                    self._calls.engine_for(reading_id),
                     reading_id,
                     ref,
                     _str(request, "text"),
@@ -215,7 +228,7 @@ class LibraryEndpoint:
                             ws, rid, "tts.delta", audio=b64, text=chunk.text, sample_rate=OUTPUT_SAMPLE_RATE_HZ
                         )
             finally:
-                self.manager.forget(reading_id)
+                self._calls.forget(reading_id)
         await self._reply(ws, rid, "tts.done", audio_s=round(audio_s, 3), sample_rate=OUTPUT_SAMPLE_RATE_HZ)
 
     @staticmethod

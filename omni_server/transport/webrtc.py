@@ -40,6 +40,7 @@ from websockets.exceptions import ConnectionClosed
 from omni_server.engine.base import EngineInfo
 from omni_server.errors import OmniError, ProtocolError, SessionEnded, SessionRefused, error_payload
 from omni_server.media.pcm import AudioFormatError
+from omni_server.metrics import ServerMetrics
 from omni_server.protocol import (
     ClientStats,
     InputAppend,
@@ -154,8 +155,9 @@ class EventChannel:
 class WebRtcEndpoint:
     """Serves one WebRTC call per signalling WebSocket given to `handle`."""
 
-    def __init__(self, manager: SessionManager, engine_info: EngineInfo) -> None:
+    def __init__(self, manager: SessionManager, engine_info: EngineInfo, metrics: ServerMetrics | None = None) -> None:
         self.manager = manager
+        self.metrics = metrics or ServerMetrics()
         self.engine_info = engine_info
         self.settings = manager.settings
         self.ice_servers = [IceServer.parse(url) for url in self.settings.ice_server]
@@ -164,7 +166,7 @@ class WebRtcEndpoint:
             keep_ice_on_loopback()
 
     async def handle(self, ws: ServerConnection) -> None:
-        signal = _sender(ws)  # the signalling socket's events, as the WebSocket API sends them
+        signal = self.metrics.observe(_sender(ws))  # the signalling socket's events, as the WebSocket API sends them
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
         mode = query.get("mode", ["audio"])[0]
         call_id = self.manager.new_call_id()
@@ -228,7 +230,7 @@ class WebRtcEndpoint:
                 "WebRTC could not connect (no route between the browser and the server).", code="webrtc_failed"
             ) from None
 
-        session = self.manager.create(call_id, config, events.send)
+        session = self.manager.create(call_id, config, self.metrics.observe(events.send))
         session.audio_sink = reply_track
         try:
             await session.start()
@@ -332,6 +334,7 @@ class WebRtcEndpoint:
             elif isinstance(event, SessionClose):
                 session.close("stopped")
             elif isinstance(event, ClientStats):
+                self.metrics.client_underruns(session.client_underruns, event.underruns)
                 session.client_underruns = event.underruns
             else:
                 raise ProtocolError(

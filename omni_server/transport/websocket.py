@@ -24,6 +24,7 @@ from omni_server.engine.base import EngineInfo
 from omni_server.errors import OmniError, ProtocolError, SessionEnded, SessionRefused, error_payload
 from omni_server.media.images import ImageFormatError, decode_image
 from omni_server.media.pcm import AudioFormatError, decode_f32_base64
+from omni_server.metrics import ServerMetrics
 from omni_server.protocol import (
     ClientStats,
     InputAppend,
@@ -36,6 +37,7 @@ from omni_server.protocol import (
 )
 from omni_server.session.manager import SessionManager
 from omni_server.session.session import CallSession, describe_engine
+from omni_server.transport.guard import SlowClient
 
 logger = logging.getLogger(__name__)
 INIT_TIMEOUT_S = 30.0
@@ -52,14 +54,15 @@ def anonymous(path: str, headers: Iterable[tuple[str, str]]) -> str | None:
 class RealtimeEndpoint:
     """Serves one WebSocket connection per call of `handle`."""
 
-    def __init__(self, manager: SessionManager, engine_info: EngineInfo) -> None:
+    def __init__(self, manager: SessionManager, engine_info: EngineInfo, metrics: ServerMetrics | None = None) -> None:
         self.manager = manager
         self.engine_info = engine_info
         self.settings = manager.settings
         self.identify: Identify = anonymous
+        self.metrics = metrics or ServerMetrics()
 
     async def handle(self, ws: ServerConnection) -> None:
-        send = _sender(ws)
+        send = self.metrics.observe(_sender(ws))
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
         mode = query.get("mode", ["audio"])[0]
         if mode not in ("audio", "video"):
@@ -146,6 +149,9 @@ class RealtimeEndpoint:
                     return
         except ConnectionClosed:
             pass
+        except SessionEnded as e:  # our reply to this client could not be sent (gone, or not reading)
+            session.close(e.code)
+            return
         session.close("disconnected")
 
     async def _dispatch(self, event: object, session: CallSession) -> None:
@@ -166,6 +172,7 @@ class RealtimeEndpoint:
         elif isinstance(event, SessionClose):
             session.close("stopped")
         elif isinstance(event, ClientStats):
+            self.metrics.client_underruns(session.client_underruns, event.underruns)
             session.client_underruns = event.underruns
         elif isinstance(event, SessionInit):
             raise ProtocolError("The session is already initialised.", code="already_initialized")
@@ -200,6 +207,8 @@ def _sender(ws: ServerConnection) -> Any:
     async def send(event_type: str, **fields: Any) -> None:
         try:
             await ws.send(encode(event_type, **fields))
+        except SlowClient as e:
+            raise SessionEnded("The client stopped reading.", code="slow_client") from e
         except ConnectionClosed as e:
             raise SessionEnded("The client disconnected.", code="disconnected") from e
 

@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle  # noqa: E402
 
 from omni_server.app import OmniServer  # noqa: E402
 from omni_server.cluster.client import ClusterClient  # noqa: E402
-from omni_server.cluster.gateway import ClusterEngines  # noqa: E402
+from omni_server.cluster.gateway import ClusterEngines, ClusterSessionManager  # noqa: E402
 from omni_server.cluster.launch import deploy, start_ray, stop  # noqa: E402
 from omni_server.cluster.replica import ReplicaDescription  # noqa: E402
 from omni_server.config import Settings  # noqa: E402
@@ -80,9 +80,9 @@ async def gateway(cluster: tuple[Settings, DeploymentHandle[Any]]) -> AsyncItera
 
 
 def _engines(server: OmniServer) -> ClusterEngines:
-    engines = server.engine
-    assert isinstance(engines, ClusterEngines)
-    return engines
+    manager = server.manager
+    assert isinstance(manager, ClusterSessionManager)
+    return manager.engines
 
 
 async def _describe(handle: DeploymentHandle[Any]) -> list[ReplicaDescription]:

@@ -30,3 +30,12 @@ def test_local_directory_without_assets_is_refused(tmp_path: Path) -> None:
     """A local snapshot missing assets/ is named as such before loading."""
     with pytest.raises(EngineError, match="assets/Vocos.pt"):
         check_environment(str(tmp_path), "cuda")
+
+
+def test_wrong_transformers_version_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transformers release the model's code cannot run on is named, with the fix."""
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "4.49.0")
+    with pytest.raises(EngineError, match=r"needs transformers 4\.44\.x, found 4\.49\.0.*requirements_o2\.6\.txt"):
+        check_environment("openbmb/MiniCPM-o-2_6", "cuda")
