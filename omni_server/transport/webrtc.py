@@ -38,13 +38,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from omni_server.engine.base import EngineInfo
-from omni_server.errors import OmniError, ProtocolError, SessionEnded, SessionRefused, error_payload
+from omni_server.errors import OmniError, ProtocolError, SessionEnded, error_payload
 from omni_server.media.pcm import AudioFormatError
 from omni_server.metrics import ServerMetrics
 from omni_server.protocol import (
-    ClientStats,
     InputAppend,
-    InputCommit,
     SessionClose,
     SessionInit,
     WebRtcOffer,
@@ -52,9 +50,9 @@ from omni_server.protocol import (
     encode,
 )
 from omni_server.session.manager import SessionManager
-from omni_server.session.session import CallSession, describe_engine
+from omni_server.session.session import CallSession, Send
+from omni_server.transport.calls import CallEndpoint, error_fields, sender
 from omni_server.transport.tracks import ReplyAudioTrack, receive_audio, receive_video
-from omni_server.transport.websocket import Identify, _payload, _queued, _quietly, _sender, anonymous
 
 logger = logging.getLogger(__name__)
 SIGNAL_TIMEOUT_S = 30.0
@@ -152,50 +150,35 @@ class EventChannel:
         channel.send(encode(event_type, **fields))
 
 
-class WebRtcEndpoint:
+class WebRtcEndpoint(CallEndpoint):
     """Serves one WebRTC call per signalling WebSocket given to `handle`."""
 
+    transport = "webrtc"
+
     def __init__(self, manager: SessionManager, engine_info: EngineInfo, metrics: ServerMetrics | None = None) -> None:
-        self.manager = manager
-        self.metrics = metrics or ServerMetrics()
-        self.engine_info = engine_info
-        self.settings = manager.settings
+        super().__init__(manager, engine_info, metrics)
         self.ice_servers = [IceServer.parse(url) for url in self.settings.ice_server]
-        self.identify: Identify = anonymous
         if is_loopback(self.settings.host):
             keep_ice_on_loopback()
 
     async def handle(self, ws: ServerConnection) -> None:
-        signal = self.metrics.observe(_sender(ws))  # the signalling socket's events, as the WebSocket API sends them
+        signal = self.metrics.observe(sender(ws))  # the signalling socket's events, as the WebSocket API sends them
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
         mode = query.get("mode", ["audio"])[0]
-        call_id = self.manager.new_call_id()
-        reason = "error"
-        try:
-            if mode not in ("audio", "video"):
-                raise ProtocolError("mode must be audio or video.")
+        if mode not in ("audio", "video"):
+            await signal("error", error={"code": "invalid_request", "message": "mode must be audio or video."})
+            await ws.close(1008, "bad mode")
+            return
+        with contextlib.suppress(SessionEnded):
             await signal("webrtc.config", ice_servers=[s.for_page() for s in self.ice_servers])
-            async with self.manager.slot(_queued(signal)):
-                await signal("session.queue_done")
-                reason = await self._serve(ws, signal, call_id, video=mode == "video")
-        except (SessionRefused, ProtocolError) as e:
-            await _quietly(signal("error", error=error_payload(e)))
-            reason = e.code if isinstance(e, SessionRefused) else "error"
-        except (ConnectionClosed, SessionEnded):
-            reason = "disconnected"
-        finally:
-            self.manager.forget(call_id)
-            await _quietly(signal("session.closed", session_id=call_id, reason=reason))
-            await ws.close()
-            logger.info("webrtc call ended", extra={"session_id": call_id, "reason": reason})
+            await self.admit(ws, signal, lambda call_id: self._serve(ws, signal, call_id, video=mode == "video"))
 
-    async def _serve(self, ws: ServerConnection, signal: Any, call_id: str, *, video: bool) -> str:
+    async def _serve(self, ws: ServerConnection, signal: Send, call_id: str, *, video: bool) -> str:
         init, offer = await self._wait_for_offer(ws, signal)
         try:
-            user = self.identify(ws.request.path, ws.request.headers.raw_items()) if ws.request else None
-            config = await asyncio.to_thread(self.manager.call_config, init, video=video, user=user)
+            config = await self.configure(ws, init, video=video)
         except (OmniError, AudioFormatError) as e:
-            await signal("error", error=_payload(e))
+            await signal("error", error=error_fields(e))
             return "error"
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[s.for_aiortc() for s in self.ice_servers]))
         try:
@@ -230,26 +213,10 @@ class WebRtcEndpoint:
                 "WebRTC could not connect (no route between the browser and the server).", code="webrtc_failed"
             ) from None
 
-        session = self.manager.create(call_id, config, self.metrics.observe(events.send))
-        session.audio_sink = reply_track
-        try:
-            await session.start()
-        except OmniError as e:
-            await session.release()
-            await events.send("error", error=error_payload(e))
+        send = self.metrics.observe(events.send)
+        session = await self.open(call_id, config, send, output_sample_rate=48000, audio_sink=reply_track)
+        if session is None:
             return "error"
-        await events.send(
-            "session.created",
-            session_id=call_id,
-            mode="video" if config.video else "audio",
-            transport="webrtc",
-            conversation_mode=config.conversation_mode,
-            language=config.language,
-            engine=describe_engine(self.engine_info),
-            input_sample_rate=16000,
-            output_sample_rate=48000,
-        )
-        logger.info("webrtc call started", extra={"session_id": call_id})
         assert events.channel is not None
         events.channel.on("message", lambda raw: self._on_client_event(raw, session, events))
         events.channel.on("close", lambda: session.close("disconnected"))
@@ -324,19 +291,9 @@ class WebRtcEndpoint:
         """One client event during the call; a bad one gets an `error` on the data channel."""
         try:
             event = decode_client_event(raw, max_bytes=self.settings.max_message_bytes)
-            if isinstance(event, InputAppend):
-                if event.audio_base64 or event.video_frames_base64:
-                    raise ProtocolError("On a WebRTC call, audio and video travel on the media tracks.")
-                if event.force_listen:
-                    session.force_listen()
-            elif isinstance(event, InputCommit):
-                session.commit()
-            elif isinstance(event, SessionClose):
-                session.close("stopped")
-            elif isinstance(event, ClientStats):
-                self.metrics.client_underruns(session.client_underruns, event.underruns)
-                session.client_underruns = event.underruns
-            else:
+            if isinstance(event, InputAppend) and (event.audio_base64 or event.video_frames_base64):
+                raise ProtocolError("On a WebRTC call, audio and video travel on the media tracks.")
+            if not self.control(event, session):
                 raise ProtocolError(
                     f"{type(event).__name__} is not accepted during a call.", code="already_initialized"
                 )

@@ -12,106 +12,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from omni_server.engine.base import EngineInfo
-from omni_server.errors import OmniError, ProtocolError, SessionEnded, SessionRefused, error_payload
+from omni_server.errors import OmniError, ProtocolError, SessionEnded, error_payload
 from omni_server.media.images import ImageFormatError, decode_image
 from omni_server.media.pcm import AudioFormatError, decode_f32_base64
-from omni_server.metrics import ServerMetrics
-from omni_server.protocol import (
-    ClientStats,
-    InputAppend,
-    InputCommit,
-    SessionClose,
-    SessionInit,
-    WebRtcOffer,
-    decode_client_event,
-    encode,
-)
-from omni_server.session.manager import SessionManager
-from omni_server.session.session import CallSession, describe_engine
-from omni_server.transport.guard import SlowClient
+from omni_server.protocol import InputAppend, SessionClose, SessionInit, WebRtcOffer, decode_client_event
+from omni_server.session.session import CallSession, Send
+from omni_server.transport.calls import CallEndpoint, error_fields, sender
 
-logger = logging.getLogger(__name__)
 INIT_TIMEOUT_S = 30.0
 REALTIME_PATH = "/v1/realtime"
 
 
-Identify = Callable[[str, Iterable[tuple[str, str]]], str | None]  # (request path, headers) -> user id
-
-
-def anonymous(path: str, headers: Iterable[tuple[str, str]]) -> str | None:
-    return None
-
-
-class RealtimeEndpoint:
+class RealtimeEndpoint(CallEndpoint):
     """Serves one WebSocket connection per call of `handle`."""
 
-    def __init__(self, manager: SessionManager, engine_info: EngineInfo, metrics: ServerMetrics | None = None) -> None:
-        self.manager = manager
-        self.engine_info = engine_info
-        self.settings = manager.settings
-        self.identify: Identify = anonymous
-        self.metrics = metrics or ServerMetrics()
+    transport = "websocket"
 
     async def handle(self, ws: ServerConnection) -> None:
-        send = self.metrics.observe(_sender(ws))
+        send = self.metrics.observe(sender(ws))
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
         mode = query.get("mode", ["audio"])[0]
         if mode not in ("audio", "video"):
             await send("error", error={"code": "invalid_request", "message": "mode must be audio or video."})
             await ws.close(1008, "bad mode")
             return
-        call_id = self.manager.new_call_id()
-        reason = "error"
-        try:
-            async with self.manager.slot(_queued(send)):
-                await send("session.queue_done")
-                reason = await self._serve(ws, send, call_id, video=mode == "video")
-        except SessionRefused as e:
-            await _quietly(send("error", error=error_payload(e)))
-            reason = e.code
-        except (ConnectionClosed, SessionEnded):
-            reason = "disconnected"
-        finally:
-            self.manager.forget(call_id)
-            await _quietly(send("session.closed", session_id=call_id, reason=reason))
-            await ws.close()
-            logger.info("call ended", extra={"session_id": call_id, "reason": reason})
+        await self.admit(ws, send, lambda call_id: self._serve(ws, send, call_id, video=mode == "video"))
 
-    async def _serve(self, ws: ServerConnection, send: Any, call_id: str, *, video: bool) -> str:
+    async def _serve(self, ws: ServerConnection, send: Send, call_id: str, *, video: bool) -> str:
         init = await self._wait_for_init(ws, send)
-        user = self.identify(ws.request.path, ws.request.headers.raw_items()) if ws.request else None
         try:
-            config = await asyncio.to_thread(self.manager.call_config, init, video=video, user=user)
+            config = await self.configure(ws, init, video=video)
         except (OmniError, AudioFormatError) as e:
-            await send("error", error=_payload(e))
+            await send("error", error=error_fields(e))
             return "error"
-        session = self.manager.create(call_id, config, send)
-        try:
-            await session.start()
-        except OmniError as e:
-            await session.release()
-            await send("error", error=error_payload(e))
+        session = await self.open(call_id, config, send, output_sample_rate=24000, audio_sink=None)
+        if session is None:
             return "error"
-        await send(
-            "session.created",
-            session_id=call_id,
-            mode="video" if video else "audio",
-            conversation_mode=config.conversation_mode,
-            language=config.language,
-            engine=describe_engine(self.engine_info),
-            input_sample_rate=16000,
-            output_sample_rate=24000,
-        )
-        logger.info("call started", extra={"session_id": call_id})
         reader = asyncio.create_task(self._read_loop(ws, send, session), name=f"{call_id}-reader")
         try:
             return await session.run()
@@ -144,7 +86,7 @@ class RealtimeEndpoint:
                     event = decode_client_event(raw, max_bytes=self.settings.max_message_bytes)
                     await self._dispatch(event, session)
                 except (ProtocolError, AudioFormatError, ImageFormatError) as e:
-                    await send("error", error=_payload(e))
+                    await send("error", error=error_fields(e))
                 if isinstance(event, SessionClose):
                     return
         except ConnectionClosed:
@@ -157,8 +99,7 @@ class RealtimeEndpoint:
     async def _dispatch(self, event: object, session: CallSession) -> None:
         s = self.settings
         if isinstance(event, InputAppend):
-            if event.force_listen:
-                session.force_listen()
+            self.control(event, session)
             image = None
             if event.video_frames_base64 and session.config.video:
                 image = await asyncio.to_thread(_decode_frame, event.video_frames_base64[-1], s)
@@ -167,17 +108,12 @@ class RealtimeEndpoint:
                 session.push_audio(samples, image)
             elif image is not None:
                 session.push_frame(image)
-        elif isinstance(event, InputCommit):
-            session.commit()
-        elif isinstance(event, SessionClose):
-            session.close("stopped")
-        elif isinstance(event, ClientStats):
-            self.metrics.client_underruns(session.client_underruns, event.underruns)
-            session.client_underruns = event.underruns
         elif isinstance(event, SessionInit):
             raise ProtocolError("The session is already initialised.", code="already_initialized")
         elif isinstance(event, WebRtcOffer):
             raise ProtocolError("webrtc.offer belongs on /v1/realtime?transport=webrtc (docs/webrtc.md).")
+        else:
+            self.control(event, session)
 
 
 def _decode_frame(b64: str, settings: Any) -> Any:
@@ -191,37 +127,3 @@ def _decode_frame(b64: str, settings: Any) -> Any:
     except (binascii.Error, ValueError) as e:
         raise ProtocolError("Camera frame is not valid base64.", code="invalid_image") from e
     return decode_image(data, max_bytes=settings.max_frame_bytes, max_pixels=settings.max_frame_pixels)
-
-
-def _payload(e: Exception) -> dict[str, str]:
-    if isinstance(e, AudioFormatError):
-        return {"code": "invalid_audio", "message": str(e)}
-    if isinstance(e, ImageFormatError):
-        return {"code": "invalid_image", "message": str(e)}
-    return error_payload(e)
-
-
-def _sender(ws: ServerConnection) -> Any:
-    """`send(event_type, **fields)`; a vanished client ends the call as `disconnected`."""
-
-    async def send(event_type: str, **fields: Any) -> None:
-        try:
-            await ws.send(encode(event_type, **fields))
-        except SlowClient as e:
-            raise SessionEnded("The client stopped reading.", code="slow_client") from e
-        except ConnectionClosed as e:
-            raise SessionEnded("The client disconnected.", code="disconnected") from e
-
-    return send
-
-
-def _queued(send: Any) -> Any:
-    async def on_queued(position: int, wait_s: float, length: int) -> None:
-        await send("session.queued", position=position, estimated_wait_s=wait_s, queue_length=length)
-
-    return on_queued
-
-
-async def _quietly(aw: Any) -> None:
-    with contextlib.suppress(SessionEnded):
-        await aw

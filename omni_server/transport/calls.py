@@ -1,0 +1,154 @@
+"""What both media paths share: a call's life as its WebSocket sees it.
+
+The WebSocket API (`websocket.py`) and WebRTC (`webrtc.py`) differ only in how media and events travel.
+`CallEndpoint` holds the rest, so both behave the same: admission (`session.queued`* →
+`session.queue_done`, refusals), the call's settings resolved for the caller's identity, the session
+started and announced (`session.created`), the control events a client may send during a call, and
+the end (`session.closed` with its reason, whatever happened).
+
+Must not import: torch, aiortc, the engine's models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from omni_server.engine.base import EngineInfo
+from omni_server.errors import OmniError, ProtocolError, SessionEnded, SessionRefused, error_payload
+from omni_server.media.images import ImageFormatError
+from omni_server.media.pcm import AudioFormatError
+from omni_server.metrics import ServerMetrics
+from omni_server.protocol import ClientStats, InputAppend, InputCommit, SessionClose, SessionInit, encode
+from omni_server.session.manager import SessionManager
+from omni_server.session.session import AudioSink, CallConfig, CallSession, Send, describe_engine
+from omni_server.transport.guard import SlowClient
+
+logger = logging.getLogger(__name__)
+Identify = Callable[[str, Iterable[tuple[str, str]]], str | None]  # (request path, headers) -> user id
+
+
+def anonymous(path: str, headers: Iterable[tuple[str, str]]) -> str | None:
+    return None
+
+
+class CallEndpoint:
+    """The parts of serving a call that do not depend on the media path."""
+
+    transport = ""
+
+    def __init__(self, manager: SessionManager, engine_info: EngineInfo, metrics: ServerMetrics | None = None) -> None:
+        self.manager = manager
+        self.engine_info = engine_info
+        self.settings = manager.settings
+        self.metrics = metrics or ServerMetrics()
+        self.identify: Identify = anonymous
+
+    async def admit(self, ws: ServerConnection, send: Send, serve: Callable[[str], Awaitable[str]]) -> None:
+        """Queue for a slot, run `serve(call_id)` → close reason, and always end with `session.closed`."""
+        call_id = self.manager.new_call_id()
+        reason = "error"
+        try:
+            async with self.manager.slot(queued(send)):
+                await send("session.queue_done")
+                reason = await serve(call_id)
+        except SessionRefused as e:
+            await quietly(send("error", error=error_payload(e)))
+            reason = e.code
+        except ProtocolError as e:  # the call could not be set up (e.g. WebRTC negotiation)
+            await quietly(send("error", error=error_payload(e)))
+        except (ConnectionClosed, SessionEnded):
+            reason = "disconnected"
+        finally:
+            self.manager.forget(call_id)
+            await quietly(send("session.closed", session_id=call_id, reason=reason))
+            await ws.close()
+            logger.info("%s call ended", self.transport, extra={"session_id": call_id, "reason": reason})
+
+    async def configure(self, ws: ServerConnection, init: SessionInit, *, video: bool) -> CallConfig:
+        """`session.init` resolved against the settings, for the caller's identity (voices are per person)."""
+        user = self.identify(ws.request.path, ws.request.headers.raw_items()) if ws.request else None
+        return await asyncio.to_thread(self.manager.call_config, init, video=video, user=user)
+
+    async def open(
+        self, call_id: str, config: CallConfig, send: Send, *, output_sample_rate: int, audio_sink: AudioSink | None
+    ) -> CallSession | None:
+        """Make and start the call's session, then say `session.created`; None (after an `error`) if it failed."""
+        session = self.manager.create(call_id, config, send)
+        session.audio_sink = audio_sink
+        try:
+            await session.start()
+        except OmniError as e:
+            await session.release()
+            await send("error", error=error_payload(e))
+            return None
+        await send(
+            "session.created",
+            session_id=call_id,
+            mode="video" if config.video else "audio",
+            transport=self.transport,
+            conversation_mode=config.conversation_mode,
+            language=config.language,
+            engine=describe_engine(self.engine_info),
+            input_sample_rate=16000,
+            output_sample_rate=output_sample_rate,
+        )
+        logger.info("%s call started", self.transport, extra={"session_id": call_id})
+        return session
+
+    def control(self, event: object, session: CallSession) -> bool:
+        """Apply a control event (listen now, commit, hang up, playback stats); False if it is not one."""
+        if isinstance(event, InputAppend) and event.force_listen:
+            session.force_listen()
+        elif isinstance(event, InputCommit):
+            session.commit()
+        elif isinstance(event, SessionClose):
+            session.close("stopped")
+        elif isinstance(event, ClientStats):
+            self.metrics.client_underruns(session.client_underruns, event.underruns)
+            session.client_underruns = event.underruns
+        else:
+            return False
+        return True
+
+
+def error_fields(e: Exception) -> dict[str, str]:
+    """The `error` event's body for a bad frame, a bad call setting, or a failure."""
+    if isinstance(e, AudioFormatError):
+        return {"code": "invalid_audio", "message": str(e)}
+    if isinstance(e, ImageFormatError):
+        return {"code": "invalid_image", "message": str(e)}
+    return error_payload(e)
+
+
+def sender(ws: ServerConnection) -> Send:
+    """`send(event_type, **fields)` on a WebSocket; a vanished or stalled client ends the call."""
+
+    async def send(event_type: str, **fields: Any) -> None:
+        try:
+            await ws.send(encode(event_type, **fields))
+        except SlowClient as e:
+            raise SessionEnded("The client stopped reading.", code="slow_client") from e
+        except ConnectionClosed as e:
+            raise SessionEnded("The client disconnected.", code="disconnected") from e
+
+    return send
+
+
+def queued(send: Send) -> Callable[[int, float, int], Awaitable[None]]:
+    async def on_queued(position: int, wait_s: float, length: int) -> None:
+        await send("session.queued", position=position, estimated_wait_s=wait_s, queue_length=length)
+
+    return on_queued
+
+
+async def quietly(aw: Awaitable[None]) -> None:
+    """Send what can still be sent to a client that may be gone."""
+    with contextlib.suppress(SessionEnded):
+        await aw
