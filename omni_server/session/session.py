@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import itertools
 import logging
 import time
@@ -354,8 +353,9 @@ class CallSession:
         if task is None or task.done():
             return
         task.cancel()  # the reply says `response.listen` before its `response.done`
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Wait without `suppress(CancelledError)`: that would also swallow a cancellation of this task
+        # (the call ending meanwhile), which then went on to start a reply in a closing task group.
+        await asyncio.wait([task])
 
     # ---- model calls ------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
@@ -57,7 +58,9 @@ class ServerProcess:
         self.port = self._wait_for_port()
 
     def logs(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log_path.read_text().splitlines()]
+        """The server's JSON log lines; anything else on stderr (a stray warning, a traceback printed by
+        Python itself) comes back as level `raw`, so a check on levels reports it."""
+        return [_entry(line) for line in self.log_path.read_text().splitlines()]
 
     def _wait_for_port(self) -> int:
         deadline = time.monotonic() + timeout(60)
@@ -240,6 +243,8 @@ async def fire(url: str, init_first: bool, frames: list[Frame]) -> None:
         await client.ws.close()
 
 
+# Usually 40-60 s here; some fuzzed connections end only after a ~10 s close handshake, so give it room.
+@pytest.mark.timeout(300)
 def test_random_frames_never_hurt_the_server_or_another_call(tmp_path: Path) -> None:
     """Hundreds of random or mutated frames on 20 connections; the server stays ready, a call beside completes."""
     fuzzed = ServerProcess(tmp_path)
@@ -268,4 +273,12 @@ def test_random_frames_never_hurt_the_server_or_another_call(tmp_path: Path) -> 
         assert fuzzed.stop() == 0
     assert sent[0] > 25 * EXAMPLES
     assert good.completed >= 2 and not good.problems
-    assert not [e for e in fuzzed.logs() if e["level"] in ("error", "critical")]
+    assert not [e for e in fuzzed.logs() if e["level"] in ("error", "critical", "raw")]
+
+
+def _entry(line: str) -> dict[str, Any]:
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        return {"level": "raw", "message": line}
+    return entry if isinstance(entry, dict) else {"level": "raw", "message": line}
