@@ -69,7 +69,7 @@ class CallEndpoint:
             self.manager.forget(call_id)
             await quietly(send("session.closed", session_id=call_id, reason=reason))
             await ws.close()
-            logger.info("%s call ended", self.transport, extra={"session_id": call_id, "reason": reason})
+            logger.info("call ended", extra={"session_id": call_id, "reason": reason, "transport": self.transport})
 
     async def configure(self, ws: ServerConnection, init: SessionInit, *, video: bool) -> CallConfig:
         """`session.init` resolved against the settings, for the caller's identity (voices are per person)."""
@@ -99,7 +99,7 @@ class CallEndpoint:
             input_sample_rate=16000,
             output_sample_rate=output_sample_rate,
         )
-        logger.info("%s call started", self.transport, extra={"session_id": call_id})
+        logger.info("call started", extra={"session_id": call_id, "transport": self.transport})
         return session
 
     def control(self, event: object, session: CallSession) -> bool:
