@@ -27,7 +27,6 @@ import numpy.typing as npt
 
 INPUT_SAMPLE_RATE_HZ = 16_000
 OUTPUT_SAMPLE_RATE_HZ = 24_000
-TRAINED_CONTEXT_TOKENS = 8192
 
 # The model object's per-conversation streaming state (MiniCPMO.reset_session sets exactly these).
 STATE_ATTRS: tuple[str, ...] = (
