@@ -23,6 +23,7 @@ from omni_server.config import Settings, load_settings
 from omni_server.engine.loader import load_engine
 from omni_server.errors import EngineError
 from omni_server.logs import setup_logging
+from omni_server.transport.udp_ports import loop_factory
 
 logger = logging.getLogger("omni_server")
 
@@ -103,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(settings.log_level, json_lines=settings.log_json)
     for line in settings.describe():
         logger.info("setting %s", line)
-    asyncio.run(serve_forever(settings))
+    with asyncio.Runner(loop_factory=loop_factory(settings.webrtc_ports)) as runner:  # --webrtc-ports
+        runner.run(serve_forever(settings))
 
 
 if __name__ == "__main__":
