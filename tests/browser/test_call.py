@@ -72,6 +72,29 @@ async def assert_next_to(page: Page, control: str, message: str, text: str) -> N
     assert box["x"] >= 0 and box["x"] + box["width"] <= width + 1
 
 
+# Every feedback line in `section`, shown with a long sample text (details opened): how far below the control
+# group just before it does it start, and does it fit the viewport's width?
+FEEDBACK_PLACES = """(section) => {
+  for (const d of document.querySelectorAll(`${section} details`)) d.open = true;
+  const width = document.documentElement.clientWidth;
+  return [...document.querySelectorAll(`${section} .feedback`)].map((p) => {
+    p.hidden = false;
+    p.textContent = "A message long enough to wrap onto a second line on a phone, to see where it goes.";
+    const control = p.previousElementSibling.getBoundingClientRect();
+    const box = p.getBoundingClientRect();
+    return [p.id, box.top - control.bottom, box.left >= 0 && box.right <= width + 1];
+  });
+}"""
+
+
+async def assert_every_message_next_to_its_control(page: Page, section: str) -> None:
+    """Each feedback line of `section` sits right below its control, within the width (a structural check)."""
+    places = await page.evaluate(FEEDBACK_PLACES, section)
+    assert places, section
+    for name, gap, fits in places:
+        assert -1 <= gap <= NEAR_PX and fits, (name, gap, fits)
+
+
 def check_heard(reply: dict[str, Any]) -> None:
     """An interrupted reply shows a prefix of its text, no longer than what its played audio could speak."""
     text, shown, played = reply["text"], reply["shown"], reply["playedS"]
@@ -149,6 +172,7 @@ async def test_voice_call_on_a_phone(
         trace = await page.evaluate("window.omni")
         check_heard(next(r for r in trace["replies"] if r["id"] == trace["buttonInterrupted"]))
 
+        await assert_every_message_next_to_its_control(page, "#call")
         await page.click("#hangup")
         await wait_js(page, "window.omni.closedReason === 'stopped' && window.omni.states.at(-1) === 'ended'")
         assert not server.manager.sessions
@@ -269,6 +293,8 @@ async def test_permissions_and_messages_next_to_their_controls(
         assert await page.is_hidden("#camera") and await page.is_hidden("#preview")
         await page.click("#hangup")
         await wait_js(page, "window.omni.closedReason === 'stopped'")
+        await assert_every_message_next_to_its_control(page, "#setup")
+        await assert_every_message_next_to_its_control(page, "#last-call")
         assert js_errors == []
         await context.close()
 
