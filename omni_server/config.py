@@ -77,6 +77,11 @@ class Settings:
         "turn:USER:CREDENTIAL@HOST:PORT[?transport=tcp]. Default: none (host candidates: this machine or its LAN).",
     )
     webrtc_connect_timeout_s: float = _opt(15.0, "How long WebRTC may take to connect before the call is refused.")
+    webrtc_ports: str = _opt(
+        "",
+        "UDP ports WebRTC media may use, LOW-HIGH (e.g. 50000-50100: one port per call per address, so at least "
+        "--max-sessions of them). Default: any the OS gives (its ephemeral range).",
+    )
     # Voice library: cloned voices, role-play characters, voice-cloning TTS (docs/voices.md).
     data_dir: str = _opt(
         str(PACKAGE_ROOT / "data"), "Where voices, characters and the user-id signing secret are kept."
@@ -199,6 +204,16 @@ def _ice_server_ok(url: str) -> bool:
     return scheme in ICE_SCHEMES and bool(host) and credentials_ok
 
 
+def _port_range_ok(text: str) -> bool:
+    """Empty (any port), or LOW-HIGH within 1024..65535 (transport/udp_ports.py applies it)."""
+    if not text:
+        return True
+    low, dash, high = text.partition("-")
+    if not (dash and low.isdigit() and high.isdigit()):
+        return False
+    return 1024 <= int(low) <= int(high) <= 65535
+
+
 def _validated(s: Settings) -> Settings:
     checks = [
         (s.engine in ("auto", "minicpmo", "tiny"), "engine must be auto, minicpmo or tiny"),
@@ -213,6 +228,7 @@ def _validated(s: Settings) -> Settings:
         (16 <= s.max_new_tokens < s.max_context_tokens // 2, "max_new_tokens must be 16..max_context_tokens/2"),
         ((s.cert is None) == (s.key is None), "--cert and --key go together"),
         (all(map(_ice_server_ok, s.ice_server)), "ice_server must be stun:HOST:PORT or turn:USER:CREDENTIAL@HOST:PORT"),
+        (_port_range_ok(s.webrtc_ports), "webrtc_ports must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535"),
         (s.max_voice_bytes > 0, "max_voice_bytes must be positive"),
         (s.max_connections_per_ip >= 1, "max_connections_per_ip must be at least 1"),
         (s.send_timeout_s > 0 and s.shutdown_grace_s >= 0, "send_timeout_s must be > 0 and shutdown_grace_s >= 0"),

@@ -94,7 +94,17 @@ class WebRtcOffer:
     sdp: str
 
 
-ClientEvent = SessionInit | InputAppend | InputCommit | SessionClose | ClientStats | WebRtcOffer
+MAX_TYPED_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class InputText:
+    """Ours: a message typed during the call, answered like a spoken turn (the model gets it as a user text turn)."""
+
+    text: str
+
+
+ClientEvent = SessionInit | InputAppend | InputCommit | InputText | SessionClose | ClientStats | WebRtcOffer
 
 
 def decode_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
@@ -118,6 +128,8 @@ def decode_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
         return _input_append(_obj(obj.get("input", obj), "input"))
     if kind == "input.commit":
         return InputCommit()
+    if kind == "input.text":
+        return _input_text(obj)
     if kind == "session.close":
         return SessionClose(reason=_opt(obj, "reason", str) or "user_stop")
     if kind == "client.stats":
@@ -178,6 +190,17 @@ def _input_append(p: dict[str, Any]) -> InputAppend:
     return InputAppend(
         audio_base64=audio, video_frames_base64=tuple(frames), force_listen=_opt(p, "force_listen", bool) is True
     )
+
+
+def _input_text(obj: dict[str, Any]) -> InputText:
+    text = _opt(obj, "text", str)
+    if text is None or not text.strip():
+        raise ProtocolError("input.text needs the message in 'text'.")
+    if len(text) > MAX_TYPED_CHARS:
+        raise PayloadTooLarge(
+            f"A typed message may have at most {MAX_TYPED_CHARS} characters; this one has {len(text)}."
+        )
+    return InputText(text=text)
 
 
 def _obj(value: Any, name: str) -> dict[str, Any]:

@@ -10,7 +10,12 @@ before `streaming_generate` starts. Every output chunk is sent the moment it exi
 Replies are `Reply` objects (reply.py), one per turn. Barge-in: speech during a reply (or the
 client's `force_listen`) interrupts it: the reply generator is abandoned, which the model marks with
 `<|tts_eos|>` at the next prefill, and the client is told to drop queued audio. A transport that
-carries reply audio on a media track sets `audio_sink` before `run`.
+carries reply audio on a media track sets `audio_sink` before `run`. A role-play's greeting is not
+barged into by the first `GREETING_GUARD_S` of sound after it starts playing (noise, or its own echo,
+would otherwise cut it before it is heard); `force_listen` still stops it.
+
+Typed messages (`text_turn`) end the user's turn like speech would: the model gets the text as a user
+text turn (made plain, see typed_text.py) and replies.
 
 Context: MiniCPM-o was trained to 8192 tokens and never truncates its cache. When the next unit plus a
 reply would not fit, the call rolls over to a fresh model conversation: the system prompt (and so the
@@ -48,6 +53,7 @@ from omni_server.protocol import (
 )
 from omni_server.session.reply import AudioSink, Reply, TurnStats
 from omni_server.session.turns import SpeechStarted, SpeechStopped, TurnConfig, TurnDetector
+from omni_server.session.typed_text import plain_text
 from omni_server.session.units import PreRoll, UnitCutter
 
 logger = logging.getLogger(__name__)
@@ -61,6 +67,9 @@ PREFILL_START_S = 0.2
 # Pieces up to this size run silero on the event loop (at most ~2 ms); longer ones go to a thread.
 _INLINE_VAD_SAMPLES = INPUT_SAMPLE_RATE_HZ // 4
 _CLOSE_CHUNK_WAIT_S = 1.0
+GREETING_GUARD_S = 1.5  # speech detected this soon after the greeting starts playing does not interrupt it
+MAX_PENDING_TEXTS = 4  # typed messages waiting for the call to take them up; more are refused
+_TEXT_TOKENS_PER_CHAR = 0.5  # a generous estimate, to keep room in the context before a text prefill
 _VOICE_MODES = {"assistant": "audio_assistant", "roleplay": "audio_roleplay", "voice_cloning": "voice_cloning"}
 _MEMORY_NOTE = {
     "en": "(Earlier in this call, which was too long to keep in full, you said: {text})",
@@ -130,6 +139,8 @@ class CallSession:
         self._conv_index = itertools.count()
         self._conv: ConversationHandle = worker.open(self._next_conv_id())
         self._reply: Reply | None = None  # the latest reply (it may still be playing at the listener)
+        self._greeting: Reply | None = None  # the role-play's greeting, guarded at its start
+        self._pending_texts = 0
         self._replies: deque[str] = deque(maxlen=3)  # recent reply texts, for a context roll-over
         self._unit_tokens = 100  # estimate, refined by each prefill
         self._tg: asyncio.TaskGroup | None = None
@@ -172,6 +183,13 @@ class CallSession:
     def commit(self) -> None:
         """End the user's turn now (manual turn-taking)."""
         self._inbox.put_nowait("commit")
+
+    def text_turn(self, text: str) -> None:
+        """A typed message: it ends the user's turn and is answered like speech. Refuses a flood of them."""
+        if self._pending_texts >= MAX_PENDING_TEXTS:
+            raise ProtocolError("Messages are arriving faster than the assistant can take them; this one was dropped.")
+        self._pending_texts += 1
+        self._inbox.put_nowait("text:" + text)
 
     def close(self, reason: str = "stopped") -> None:
         self._closing = True  # a reply in flight stops after the chunk it is making (see `_reply`)
@@ -236,6 +254,9 @@ class CallSession:
         elif command == "commit":
             if self._in_turn or self._cutter.pending_samples:
                 await self._end_turn()
+        elif command.startswith("text:"):
+            self._pending_texts -= 1
+            await self._end_turn(typed=command.removeprefix("text:"))
         elif command.startswith("close:"):
             if self._reply is not None:
                 # The reply ends after the chunk being made; a chunk still queued behind other calls'
@@ -262,6 +283,8 @@ class CallSession:
             if isinstance(event, SpeechStarted) and not self._in_turn:
                 if self._replying() and not self.config.barge_in:
                     continue  # the user talks over the reply, and this call does not allow barge-in
+                if self._greeting_guarded():
+                    continue  # a sound as the greeting starts (noise, its own echo) does not cut it short
                 await self._interrupt()
                 self._in_turn, fed = True, True
                 await self._send(protocol.SpeechStarted(audio_start_ms=_ms(event.sample_index)))
@@ -276,13 +299,16 @@ class CallSession:
         for unit in self._cutter.feed(samples):
             await self._prefill_unit(unit, arrived=self._received_at)
 
-    async def _end_turn(self) -> None:
+    async def _end_turn(self, typed: str | None = None) -> None:
+        """End the user's turn (with a typed message, if any) and start the reply."""
         await self._interrupt()  # manual turns: a commit during a reply replaces it (one reply at a time)
         self._in_turn = not self.config.turn_detection
         stats = TurnStats(speech_end_at=self._clock(), compute_start_s=self._conv.compute_s)
         tail = self._cutter.flush()
         if tail is not None:
             await self._prefill_unit(tail, arrived=stats.speech_end_at, bound_s=0.0)  # the reply waits on it
+        if typed is not None:
+            await self._prefill_text(typed)
         stats.reply_start_at = self._clock()
         self._start_reply(stats)
 
@@ -294,6 +320,15 @@ class CallSession:
         self._count_input(after - before, audio_s=0.0)
         now = self._clock()
         self._start_reply(TurnStats(speech_end_at=now, reply_start_at=now, compute_start_s=self._conv.compute_s))
+        self._greeting = self._reply
+
+    def _greeting_guarded(self) -> bool:
+        """The greeting is the reply in hand and has not played `GREETING_GUARD_S` yet (or not begun)."""
+        greeting = self._greeting
+        if greeting is None or greeting is not self._reply or greeting.status == "interrupted":
+            return False
+        started = greeting.stats.first_audio_at
+        return started is None or self._clock() - started < GREETING_GUARD_S
 
     def _replying(self) -> bool:
         return self._reply is not None and self._reply.active
@@ -343,6 +378,15 @@ class CallSession:
         added = after - before
         self._unit_tokens = max(self._unit_tokens, added)
         self._count_input(added, audio_s=len(audio) / INPUT_SAMPLE_RATE_HZ, frames=int(frame is not None))
+
+    async def _prefill_text(self, text: str) -> None:
+        """A typed message as the user's text turn (after any audio of the same turn)."""
+        reserve = self.config.max_new_tokens + 32
+        if self._conv.context_tokens + len(text) * _TEXT_TOKENS_PER_CHAR + reserve > self.config.max_context_tokens:
+            await self._roll_over()
+        before = self._conv.context_tokens
+        after = await self._worker.prefill(self._conv, [{"role": "user", "content": [plain_text(text)]}])
+        self._count_input(after - before, audio_s=0.0)
 
     async def _roll_over(self) -> None:
         dropped = self._conv.context_tokens

@@ -1,4 +1,4 @@
-"""Real-browser fixtures: Debian's Chromium driven by Playwright, with a fake camera and a fake mic file."""
+"""Real-browser fixtures: Debian's Chromium driven by Playwright, with fake cameras, a fake screen and a fake mic file."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from tests import speech
 
 CHROMIUM = "/usr/bin/chromium"
 FAKE_MEDIA_ARGS = [
-    "--use-fake-device-for-media-stream",
+    "--use-fake-device-for-media-stream=device-count=2",  # two cameras (and mics), so a camera can be flipped
+    "--auto-select-desktop-capture-source=Entire screen",  # getDisplayMedia picks the (fake) screen, 1920x1080
     "--allow-loopback-in-peer-connection",
     "--no-sandbox",
     "--disable-gpu",
