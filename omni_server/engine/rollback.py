@@ -25,7 +25,8 @@ MiniCPM-o 2.6's `modeling_minicpmo.py` as of the HF code, and transformers 4.44.
 
 A value of any other kind raises `TypeError`: sharing an unknown mutable object would silently break
 exactness, so new model state must be taught here first. tests/unit/engine/test_rollback.py proves the
-tiny engine exact; tests/gpu/test_rollback_real_code.py does the same with the real remote code.
+tiny engine exact; tests/integration/test_rollback_real_code.py does the same with the real remote code
+(OMNI_REAL_CODE_MODEL: a random-weight snapshot of it), where a bare-reference snapshot fails.
 
 Must not import: sockets, websockets, aiortc, omni_server.session, omni_server.transport.
 """
