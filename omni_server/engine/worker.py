@@ -98,10 +98,12 @@ class EngineWorker:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_timing: Callable[[str, float], None] | None = None,
+        on_speculation: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         self._clock = clock
         self._on_timing = on_timing  # (job kind, seconds), called on the worker thread after each model call
+        self.on_speculation = on_speculation  # "started", "used", "discarded": a speculative reply's life
         self._jobs: list[_Job] = []
         self._speculative: list[_Job] = []  # in arrival order, apart from the deadline queue
         self._open: weakref.WeakSet[Conversation] = weakref.WeakSet()  # for other conversations' notice
@@ -359,16 +361,23 @@ class ReplyStream:
         self.steps = 0  # steps run so far
         self.finished = False
         self.speculative = speculative  # steps wait for spare model time until `confirm`
+        if speculative:
+            self._count("started")
 
     def confirm(self, deadline: float) -> None:
         """The turn is confirmed: queued and later steps are ordinary, the queued ones due at `deadline`."""
         if not self.speculative:
             return
         self.speculative = False
+        self._count("used")
         self._queued_until = deadline
         for future in (self._pending, self._ahead):
             if future is not None and not future.done():
                 self._worker._promote(future, deadline)
+
+    def _count(self, outcome: str) -> None:
+        if self._worker.on_speculation is not None:
+            self._worker.on_speculation(outcome)
 
     def _submit(self, due: float) -> asyncio.Future[Any]:
         if not self.speculative:
@@ -420,6 +429,9 @@ class ReplyStream:
     async def close(self) -> None:
         """Abandon the reply. The generator is closed on the worker thread and never resumed."""
         self._drop_ahead()
+        if self.speculative:
+            self.speculative = False
+            self._count("discarded")
         if self.finished:
             return
         self.finished = True
