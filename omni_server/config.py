@@ -79,7 +79,7 @@ class Settings:
         "if the user goes on it is dropped and the model state rolled back exactly.",
     )
     resume_window_ms: int = _opt(
-        1000,
+        400,
         "A user who speaks again before the reply has played this long continues their turn: the reply is "
         "withdrawn (response.cancelled) and rolled back. 0: never.",
     )

@@ -38,7 +38,7 @@ VOICES = {"en": "en-us", "zh": "cmn"}
 # (Smart Turn is trained on human speech; on espeak-ng it misjudges many sentences, Chinese ones most.)
 PAUSED = {
     "en": ("I would like to", "book a table for two tonight."),
-    "zh": ("我想预订一张", "好的，谢谢。"),
+    "zh": ("你能不能帮我", "就这样吧。"),
 }
 
 

@@ -28,10 +28,11 @@ const CHUNK_S = 0.1; // the capture worklet's chunk length
 const HANGUP_WAIT_MS = 2000;
 
 /** Turn-taking sensitivity in words → the server's `turn_detection` knobs. */
+// `end_of_turn_threshold`: how sure the end-of-turn model must be to end a turn before `silence_ms`.
 export const SENSITIVITY = {
-  patient: { threshold: 0.6, silence_ms: 900 },
-  normal: { threshold: 0.5, silence_ms: 500 },
-  quick: { threshold: 0.4, silence_ms: 300 },
+  patient: { threshold: 0.6, silence_ms: 1200, end_of_turn_threshold: 0.8 },
+  normal: { threshold: 0.5, silence_ms: 800, end_of_turn_threshold: 0.5 },
+  quick: { threshold: 0.4, silence_ms: 500, end_of_turn_threshold: 0.35 },
 };
 
 export function mediaErrorText(err, video) {
@@ -319,8 +320,8 @@ export class Call {
   }
 
   onResponseCreated(e) {
-    this.response = { id: e.response_id, interrupted: false, gotAudio: false };
     this.view.assistantTurnStarted();
+    this.response = { id: e.response_id, interrupted: false, gotAudio: false, line: this.view.assistantLine };
     if (this.state !== "speaking") this.setState("thinking");
   }
 
@@ -347,6 +348,13 @@ export class Call {
   onResponseListen() {
     this.interrupt();
     this.setState("listening");
+  }
+
+  /** The user had only paused: the reply is withdrawn, its words removed, and the turn goes on. */
+  onResponseCancelled(e) {
+    if (!this.response || e.response_id !== this.response.id) return;
+    this.interrupt();
+    this.view.removeLine(this.response.line);
   }
 
   onResponseDone(e) {

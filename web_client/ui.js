@@ -100,6 +100,11 @@ export class CallView {
     box.scrollTop = box.scrollHeight;
   }
 
+  removeLine(line) {
+    if (line) line.remove();
+    if (this.assistantLine === line) this.assistantLine = null;
+  }
+
   markInterrupted() {
     if (this.assistantLine) this.assistantLine.classList.add("interrupted");
     this.assistantLine = null;

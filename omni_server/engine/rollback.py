@@ -34,10 +34,9 @@ Must not import: sockets, websockets, aiortc, omni_server.session, omni_server.t
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 __all__ = ["Checkpoint", "copy_state", "restore", "take"]
 
@@ -54,9 +53,10 @@ class Checkpoint:
 
 def copy_state(value: Any) -> Any:
     """A copy that shares every tensor and copies every container and cache object around them."""
-    if isinstance(value, _IMMUTABLE) or isinstance(value, torch.Tensor):
+    torch = sys.modules.get("torch")  # never imported here: importing the server must not load torch
+    if isinstance(value, _IMMUTABLE) or (torch is not None and isinstance(value, torch.Tensor)):
         return value
-    if isinstance(value, torch.Generator):
+    if torch is not None and isinstance(value, torch.Generator):
         rng = torch.Generator(device=value.device)
         rng.set_state(value.get_state())
         return rng
