@@ -411,7 +411,7 @@ class CallSession:
         if not self._may_speculate():
             return
         stats = TurnStats(compute_start_s=self._conv.compute_s)
-        hold = Hold(response_id=self._next_response_id(), compute_at_start_s=self._conv.compute_s)
+        hold = Hold(response_id=self._next_response_id(), started_at=self._clock())
         stats.speculation = hold
         self._hold = (hold, stats)
         self._tail, self._since_tail = self._cutter.flush(), self._kept()
@@ -430,7 +430,7 @@ class CallSession:
     def _may_speculate(self) -> bool:
         if not (self.config.speculate and self._spec_engine is not None) or self._hold is not None:
             return False
-        if self._replying() or not self._cutter.pending_samples:
+        if self._replying():
             return False
         reserve = self.config.max_new_tokens + 32  # no roll-over may fall between a checkpoint and its use
         return self._conv.context_tokens + 2 * self._unit_tokens + reserve <= self.config.max_context_tokens
@@ -461,7 +461,7 @@ class CallSession:
             stats.speech_end_at, stats.end = now, end
             stats.reply_start_at = max(stats.reply_start_at, now)
             await self._send(ResponseCreated(hold.response_id))
-            hold.release(self._conv.compute_s, now + FIRST_CHUNK_SLACK_S)
+            hold.release(now, now + FIRST_CHUNK_SLACK_S)
             return
         self._stop_reply()  # manual turns: a commit during a reply replaces it (one reply at a time)
         stats = TurnStats(speech_end_at=now, compute_start_s=self._conv.compute_s, end=end)

@@ -96,24 +96,24 @@ class Hold:
     released: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: bool = False  # the user went on before the reply had even started
     on_release: Callable[[float], None] | None = None  # the reply's `confirm(deadline)`, once it exists
-    compute_at_start_s: float = 0.0  # the conversation's model time when the speculation started
-    compute_at_release_s: float | None = None  # ... and when the turn was confirmed
+    started_at: float = 0.0  # when the speculation was asked for
+    released_at: float | None = None  # when the turn was confirmed
     chunks_at_release: int | None = None  # chunks already made when the turn was confirmed
     chunks: int = 0  # chunks made so far
 
-    def release(self, compute_s: float, deadline: float) -> None:
+    def release(self, now: float, deadline: float) -> None:
         """The turn is confirmed: the reply's steps become ordinary work due at `deadline`."""
-        self.compute_at_release_s = compute_s
+        self.released_at = now
         self.chunks_at_release = self.chunks
         self.released.set()
         if self.on_release is not None:
             self.on_release(deadline)
 
     def timings(self) -> dict[str, object]:
-        """`response.done` fields: model time the reply had had, and whether its first chunk was ready."""
-        ahead = None if self.compute_at_release_s is None else self.compute_at_release_s - self.compute_at_start_s
+        """`response.done` fields: how long before the decision it started, whether its first chunk was ready."""
+        lead = None if self.released_at is None else self.released_at - self.started_at
         return {
             "speculative": True,
-            "speculation_engine_ms_at_decision": None if ahead is None else round(ahead * 1000, 1),
+            "speculation_lead_ms": None if lead is None else round(lead * 1000, 1),
             "first_chunk_ready_at_decision": bool(self.chunks_at_release),
         }
