@@ -147,10 +147,10 @@ async def bench(engine_cost: str) -> list[str]:
         "|---|---|---|---|",
     ]
     for name, values in summary.items():
-        audio = first_audio[name]
+        heard = first_audio[name]
         lines.append(
             f"| {name} | {statistics.median(values):.0f} / {float(np.percentile(values, 95)):.0f} | "
-            f"{statistics.median(audio):.0f} / {float(np.percentile(audio, 95)):.0f} | {answered_pauses[name]} of 2 |"
+            f"{statistics.median(heard):.0f} / {float(np.percentile(heard, 95)):.0f} | {answered_pauses[name]} of 2 |"
         )
     return lines
 

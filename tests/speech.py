@@ -48,13 +48,13 @@ def make_paused_speech_wav(
     """`parts` spoken in `language`, each trimmed to its speech and joined by `pause_s` of silence; 16 kHz."""
     pieces = []
     for i, text in enumerate(parts):
-        raw, piece = path.with_suffix(f".{i}.raw.wav"), path.with_suffix(f".{i}.wav")
+        raw, trimmed = path.with_suffix(f".{i}.raw.wav"), path.with_suffix(f".{i}.wav")
         subprocess.run(["espeak-ng", "-v", VOICES[language], "-s", "150", "-w", str(raw), text], check=True)
         trim = ["silence", "1", "0.01", "0.5%", "reverse", "silence", "1", "0.01", "0.5%", "reverse"]
-        subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(piece), *trim], check=True)
+        subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(trimmed), *trim], check=True)
         raw.unlink()
-        pieces.append(load_f32(piece))
-        piece.unlink()
+        pieces.append(load_f32(trimmed))
+        trimmed.unlink()
     gap = np.zeros(round(pause_s * 16000), np.float32)
     pad = np.zeros(round(pad_s * 16000), np.float32)
     joined = [pad]
