@@ -125,6 +125,7 @@ class Reply:
         self.status = "completed"  # completed | interrupted | cancelled
         self.barged_in = False  # interrupted by the user (not by the call ending)
         self.cancel_reason: str | None = None  # withdrawn (`cancel`), not talked over
+        self._finishing = False  # the generation is over and the reply is saying how it ended
         self.text: list[str] = []
         self.output_tokens = 0  # context tokens the reply added
 
@@ -171,8 +172,9 @@ class Reply:
             self.cancel_reason = reason
         if self._sink is not None and self.heard:
             self._sink.flush()  # a reply generated in full may still be playing on the track
-        if self._task is not None and not self._task.done() and not self._task.cancelling():
-            self._task.cancel()  # once: a second cancel would cut short its clean-up (the events it owes)
+        task = self._task
+        if task is not None and not task.done() and not task.cancelling() and not self._finishing:
+            task.cancel()  # once, and not in its clean-up: that would cut short the events it owes
 
     async def interrupt(self) -> None:
         """Barge-in: silence the listener now and stop generating within one chunk."""
@@ -222,6 +224,7 @@ class Reply:
                 self.status, self.barged_in = "cancelled", False
             raise
         finally:
+            self._finishing = True  # from here on a cancel would cut the clean-up short: see `cancel`
             if self._sink is not None and self.status != "completed" and self.heard:
                 self._sink.flush()  # before anything that awaits: barge-in silences at once
             elif self._sink is not None and self.heard:
@@ -231,7 +234,7 @@ class Reply:
             self.output_tokens = max(0, conv.context_tokens - before)
             if self.heard:  # a speculation never released has said nothing and leaves no trace
                 try:
-                    if self.status == "cancelled":
+                    if self.status == "cancelled" or self.cancel_reason is not None:  # withdrawn as it ended
                         reason = self.cancel_reason or "user_continued"
                         await asyncio.shield(self._send(ResponseCancelled(self.response_id, reason=reason)))
                     elif self.barged_in:

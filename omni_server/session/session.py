@@ -143,7 +143,10 @@ class _StartReply:
 
 @dataclass(frozen=True)
 class _Rollback:
-    """Model work: end the reply and put the conversation back as it was before its partial unit."""
+    """Model work: end the reply and put the conversation back as it was before its partial unit;
+    `withdraw`: the reply is the one a continued turn withdraws (it ends with `response.cancelled`)."""
+
+    withdraw: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,7 @@ class CallSession:
         # Speech starting before this stream position continues the turn just ended (audio time, so a
         # client sending faster than real time sees the same turns).
         self._continuable_until: float | None = None
+        self._ended_reply_id: str | None = None
         self._frame: Image.Image | None = None
         self._in_turn = not config.turn_detection  # manual turn-taking: every sample belongs to a turn
         self._conv_index = itertools.count()
@@ -315,7 +319,7 @@ class CallSession:
             elif isinstance(work, _StartReply):
                 await self._start_reply(work)
             else:
-                await self._rollback()
+                await self._rollback(work.withdraw)
 
     async def _control(self, command: str) -> None:
         if command == "force_listen":
@@ -455,6 +459,7 @@ class CallSession:
         now = self._clock()
         window = self.config.resume_window_s if self._spec_engine is not None else 0.0
         self._continuable_until = float("inf") if window > 0 and self.config.turn_detection else None
+        self._ended_reply_id = self._next_response_id()  # the reply a continued turn would withdraw
         if self._hold is not None:  # the speculative reply is the answer: out with what it holds
             hold, stats = self._hold
             self._hold = None
@@ -477,16 +482,18 @@ class CallSession:
         self._continuable_until = None
         self._preroll.clear()  # its audio is in `_since_tail` already
         reply = self._reply
-        if reply is not None and reply.active:
+        if reply is None or reply.response_id != self._ended_reply_id:
+            pass  # this turn's reply has not started yet: the model loop withdraws it when it has
+        elif reply.active:
             reply.cancel("user_continued")
-        elif reply is not None:  # it had finished: withdraw what the client has of it
+        else:  # it had finished: withdraw what the client has of it
             if self.audio_sink is not None:
                 self.audio_sink.flush()
             await self._send(ResponseCancelled(reply.response_id, reason="user_continued"))
             if reply.status == "completed" and self._replies:
                 self._replies.pop()  # (the usage counters go back with the model state)
         await self._send(protocol.SpeechStarted(audio_start_ms=_ms(event.sample_index)))
-        self._work.put_nowait(_Rollback())
+        self._work.put_nowait(_Rollback(withdraw="user_continued"))
         self._rejoin()
 
     def _expect_work(self, speaking: bool) -> None:
@@ -511,8 +518,10 @@ class CallSession:
         stats.reply_start_at = self._clock()
         self._launch_reply(stats, work.hold)
 
-    async def _rollback(self) -> None:
+    async def _rollback(self, withdraw: str | None) -> None:
         """Model loop: the reply ends (unsent if held) and the conversation is as before its partial unit."""
+        if withdraw is not None and self._reply is not None and self._reply.response_id == self._ended_reply_id:
+            self._reply.cancel(withdraw)
         await self._interrupt()
         if self._checkpoint is None or self._spec_engine is None:
             return
