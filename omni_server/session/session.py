@@ -198,6 +198,7 @@ class CallSession:
         # client sending faster than real time sees the same turns).
         self._continuable_until: float | None = None
         self._ended_reply_id: str | None = None
+        self._paused = False  # the turn's audio was cut at a pause: what follows waits to rejoin it
         self._frame: Image.Image | None = None
         self._in_turn = not config.turn_detection  # manual turn-taking: every sample belongs to a turn
         self._conv_index = itertools.count()
@@ -368,9 +369,8 @@ class CallSession:
                 self._queue_audio(self._preroll.take())
             elif isinstance(event, turns.SpeechPaused) and self._in_turn:
                 self._on_pause(event)
-            elif isinstance(event, turns.SpeechResumed) and self._in_turn:
-                if self._hold is not None:
-                    self._drop_speculation()
+            elif isinstance(event, turns.SpeechResumed) and self._in_turn and self._paused:
+                self._go_on()
             elif isinstance(event, turns.SpeechStopped) and self._in_turn:
                 await self._turn_stopped(event)
         if self._in_turn and not fed:
@@ -380,7 +380,7 @@ class CallSession:
 
     def _queue_audio(self, samples: Samples) -> None:
         """The turn's audio: into units for the model, or, while a speculation is held, kept to rejoin."""
-        if self._hold is not None:
+        if self._paused:  # cut at the pause: kept to rejoin the turn if it goes on
             self._keep_for_rejoin(samples)
             return
         for unit in self._cutter.feed(samples):
@@ -412,13 +412,16 @@ class CallSession:
             pre_speech = self.config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000  # as Smart Turn was trained
             heard = self._heard.last(self._samples_in - self._turn_start + pre_speech)
             self._tg.create_task(self._judge_pause(event.pause, heard), name=f"{self.id}-judge")
+        # The turn's audio ends here if the turn does, speculation or not: a reply hears the same turn
+        # whether it was speculated (and whenever the decision comes); the rest waits to rejoin.
+        self._paused = True
+        self._tail, self._since_tail = self._cutter.flush(), self._kept()
         if not self._may_speculate():
             return
         stats = TurnStats(compute_start_s=self._conv.compute_s)
         hold = Hold(response_id=self._next_response_id(), started_at=self._clock())
         stats.speculation = hold
         self._hold = (hold, stats)
-        self._tail, self._since_tail = self._cutter.flush(), self._kept()
         self._work.put_nowait(_StartReply(stats, self._tail, hold))
 
     async def _judge_pause(self, pause: int, heard: Samples) -> None:
@@ -439,13 +442,14 @@ class CallSession:
         reserve = self.config.max_new_tokens + 32  # no roll-over may fall between a checkpoint and its use
         return self._conv.context_tokens + 2 * self._unit_tokens + reserve <= self.config.max_context_tokens
 
-    def _drop_speculation(self) -> None:
-        """The user went on: the held reply is rolled back and the turn's audio rejoins the cutter."""
-        assert self._hold is not None
-        hold, _ = self._hold
-        hold.dropped = True
-        self._hold = None
-        self._work.put_nowait(_Rollback())
+    def _go_on(self) -> None:
+        """The user went on after a pause: a held reply is rolled back, the turn's audio rejoins the cutter."""
+        self._paused = False
+        if self._hold is not None:
+            hold, _ = self._hold
+            hold.dropped = True
+            self._hold = None
+            self._work.put_nowait(_Rollback())
         self._rejoin()
 
     async def _turn_stopped(self, event: turns.SpeechStopped) -> None:
@@ -460,6 +464,7 @@ class CallSession:
         window = self.config.resume_window_s if self._spec_engine is not None else 0.0
         self._continuable_until = float("inf") if window > 0 and self.config.turn_detection else None
         self._ended_reply_id = self._next_response_id()  # the reply a continued turn would withdraw
+        paused, self._paused = self._paused, False
         if self._hold is not None:  # the speculative reply is the answer: out with what it holds
             hold, stats = self._hold
             self._hold = None
@@ -470,7 +475,10 @@ class CallSession:
             return
         self._stop_reply()  # manual turns: a commit during a reply replaces it (one reply at a time)
         stats = TurnStats(speech_end_at=now, compute_start_s=self._conv.compute_s, end=end)
-        self._tail, self._since_tail = self._cutter.flush(), self._kept() if self._continuable_until else None
+        if not paused:  # (after a pause the turn's audio was cut there already)
+            self._tail, self._since_tail = self._cutter.flush(), self._kept()
+        if self._continuable_until is None:
+            self._since_tail = None
         self._work.put_nowait(_StartReply(stats, self._tail, None))
 
     def _continuable(self, sample_index: int) -> bool:
