@@ -39,6 +39,10 @@ class TurnDetection:
     min_speech_ms: int | None = None
     barge_in: bool | None = None
     enabled: bool = True  # False: the client ends turns itself with `input.commit`
+    # Ours: the end-of-turn model's threshold (1.0: only the silence ends turns), speculation, resuming.
+    end_of_turn_threshold: float | None = None
+    speculate: bool | None = None
+    resume_window_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,9 @@ def _session_init(p: dict[str, Any]) -> SessionInit:
             min_speech_ms=_opt(td, "min_speech_ms", int),
             barge_in=_opt(td, "barge_in", bool),
             enabled=td.get("type", "server_vad") != "none",
+            end_of_turn_threshold=_opt(td, "end_of_turn_threshold", float),
+            speculate=_opt(td, "speculate", bool),
+            resume_window_ms=_opt(td, "resume_window_ms", int),
         ),
     )
 
@@ -343,6 +350,16 @@ class ResponseListen(ServerEvent):
     """Barge-in: the client drops the reply audio it has queued."""
 
     type: ClassVar[str] = "response.listen"
+    response_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResponseCancelled(ServerEvent):
+    """Ours: the reply is withdrawn and rolled back (the user went on talking: `reason` "user_continued");
+    a client removes its words and drops its audio. `response.done` with status "cancelled" follows."""
+
+    type: ClassVar[str] = "response.cancelled"
     response_id: str
     reason: str
 

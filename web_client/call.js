@@ -41,10 +41,11 @@ const HANGUP_WAIT_MS = 2000;
 const MAX_TYPED_CHARS = 2000; // as the server's `input.text` limit
 
 /** Turn-taking sensitivity in words → the server's `turn_detection` knobs. */
+// `end_of_turn_threshold`: how sure the end-of-turn model must be to end a turn before `silence_ms`.
 export const SENSITIVITY = {
-  patient: { threshold: 0.6, silence_ms: 900 },
-  normal: { threshold: 0.5, silence_ms: 500 },
-  quick: { threshold: 0.4, silence_ms: 300 },
+  patient: { threshold: 0.6, silence_ms: 1200, end_of_turn_threshold: 0.8 },
+  normal: { threshold: 0.5, silence_ms: 800, end_of_turn_threshold: 0.5 },
+  quick: { threshold: 0.4, silence_ms: 500, end_of_turn_threshold: 0.35 },
 };
 
 const WAITING_FOR = {
@@ -501,6 +502,13 @@ export class Call {
   onResponseListen() {
     this.interrupt();
     this.setState("listening");
+  }
+
+  /** The user had only paused: the reply is withdrawn, its words removed, and the turn goes on. */
+  onResponseCancelled(e) {
+    if (!this.response || e.response_id !== this.response.id) return;
+    this.interrupt();
+    this.view.removeLine(this.response.line);
   }
 
   onResponseDone(e) {

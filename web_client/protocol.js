@@ -130,6 +130,8 @@ export function dispatchServerEvent(event, h) {
       return h.onAudioDelta(event);
     case "response.listen":
       return h.onResponseListen(event);
+    case "response.cancelled":
+      return h.onResponseCancelled(event);
     case "response.done":
       return h.onResponseDone(event);
     case "conversation.truncated":

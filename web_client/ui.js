@@ -156,6 +156,11 @@ export class CallView {
     if (box) box.scrollTop = box.scrollHeight;
   }
 
+  /** A withdrawn reply (`response.cancelled`): its words were never meant, so its line goes. */
+  removeLine(line) {
+    if (line) line.remove();
+  }
+
   markInterrupted(line) {
     if (line.classList.contains("interrupted")) return;
     line.classList.add("interrupted");
