@@ -52,6 +52,12 @@ class Settings:
     max_new_tokens: int = _opt(256, "Longest reply, in LLM tokens.")
     max_context_tokens: int = _opt(8192, "Context the model was trained to; older turns are dropped beyond it.")
     max_call_s: float = _opt(1800.0, "Longest call, in seconds.")
+    reply_lead_in_max_ms: int = _opt(
+        350,
+        "Longest start-up hold of a reply's first audio (0: none). The hold is learned from how the engine's "
+        "chunks arrive (MiniCPM-o 2.6 at its published speed: ~0.15 s; the tiny engine: none), so the listener "
+        "never runs dry after the first chunk.",
+    )
     idle_timeout_s: float = _opt(120.0, "A call that sends no audio for this long is closed.")
     # Capacity (docs/capacity.md): the KV memory budget admission counts against, besides max_sessions.
     kv_budget_gb: float = _opt(
@@ -209,6 +215,7 @@ def _validated(s: Settings) -> Settings:
         (s.kv_budget_gb >= 0, "kv_budget_gb must be >= 0"),
         (0.0 < s.vad_threshold < 1.0, "vad_threshold must be between 0 and 1"),
         (s.vad_silence_ms >= 100, "vad_silence_ms must be at least 100"),
+        (0 <= s.reply_lead_in_max_ms <= 2000, "reply_lead_in_max_ms must be 0..2000"),
         (1024 <= s.max_context_tokens, "max_context_tokens must be at least 1024"),
         (16 <= s.max_new_tokens < s.max_context_tokens // 2, "max_new_tokens must be 16..max_context_tokens/2"),
         ((s.cert is None) == (s.key is None), "--cert and --key go together"),

@@ -9,8 +9,8 @@ first chunk back by that deficit removes the hole and costs no more than it.
 The deficit is measured, not assumed: for every reply, `observe` takes when each audio chunk became
 available and how long it plays, and works out the least start-up delay that would have kept every later
 chunk in time (`needed_s`). The next replies hold their first chunk for the largest need among the recent
-replies plus a margin, at most `max_s`: a fast engine (the tiny one, a faster GPU) learns to hold
-nothing, a slower or busier one holds what it needs. Before anything is measured, the first chunk waits
+replies plus a margin that grows with how much the needs vary, at most `max_s`: a fast engine (the
+tiny one, a faster GPU) learns to hold nothing, a slower or busier one holds what it needs. Before anything is measured, the first chunk waits
 for the second, at most `max_s`.
 
 Sans-I/O: times are given, never read; no asyncio. Must not import anything else of omni_server,
@@ -62,11 +62,17 @@ class LeadIn:
 
     def hold_s(self) -> float:
         """How long the next reply's first chunk waits (before any measurement: `max_s`, or until the
-        second chunk arrives, which the caller watches)."""
+        second chunk arrives, which the caller watches).
+
+        The largest recent need, plus the margin, plus how much the needs have varied (a busy machine's
+        engine is slower some replies than others; with one reply measured, a quarter of its need)."""
         if not self._needs:
             return self.max_s
         need = max(self._needs)
-        return 0.0 if need <= 0 else min(self.max_s, need + self.margin_s)
+        if need <= 0:
+            return 0.0
+        spread = need - min(self._needs) if len(self._needs) > 1 else need / 4
+        return min(self.max_s, need + spread + self.margin_s)
 
     def observe(self, chunks: Sequence[Arrival]) -> float | None:
         """Learn from one reply's audio chunks, in order; returns its need (None: too few chunks to tell)."""

@@ -24,6 +24,7 @@ from omni_server.library.choice import choose_voice, decode_limits_for, store_fo
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import Send, SessionInit
 from omni_server.session.admission import Admission, OnQueued
+from omni_server.session.lead_in import LeadIn
 from omni_server.session.session import CallConfig, CallSession
 from omni_server.session.turns import TurnConfig
 
@@ -51,6 +52,9 @@ class SessionManager:
         self.sessions: dict[str, CallSession] = {}
         self.voices = store_for(settings)
         self.decode_limits = decode_limits_for(settings)
+        # One start-up hold for the engine's calls: it measures how the engine delivers a reply's chunks.
+        lead_in_max_s = settings.reply_lead_in_max_ms / 1000
+        self.lead_in = LeadIn(margin_s=min(0.04, lead_in_max_s), max_s=lead_in_max_s) if lead_in_max_s else None
 
     def slot(self, on_queued: OnQueued) -> contextlib.AbstractAsyncContextManager[None]:
         """Admission for one call: a slot and its KV reservation, held for the `async with` body."""
@@ -106,7 +110,7 @@ class SessionManager:
         return self.worker
 
     def create(self, call_id: str, config: CallConfig, send: Send) -> CallSession:
-        session = CallSession(call_id, self.engine_for(call_id), config, send, self.vad_model)
+        session = CallSession(call_id, self.engine_for(call_id), config, send, self.vad_model, lead_in=self.lead_in)
         self.sessions[call_id] = session
         return session
 

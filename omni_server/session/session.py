@@ -46,6 +46,7 @@ from omni_server.protocol import (
     Send,
     usage_payload,
 )
+from omni_server.session.lead_in import LeadIn
 from omni_server.session.reply import AudioSink, Reply, TurnStats
 from omni_server.session.turns import SpeechStarted, SpeechStopped, TurnConfig, TurnDetector
 from omni_server.session.units import PreRoll, UnitCutter
@@ -111,9 +112,11 @@ class CallSession:
         send: Send,
         vad_model: SileroVadModel,
         *,
+        lead_in: LeadIn | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = call_id
+        self._lead_in = lead_in  # the engine's start-up hold of reply audio, shared by its calls (lead_in.py)
         self._worker = worker
         self.config = config
         self._send = send
@@ -362,7 +365,14 @@ class CallSession:
             gen_kwargs["min_new_tokens"] = cfg.min_new_tokens
         if cfg.temperature is not None:
             gen_kwargs["temperature"] = cfg.temperature
-        reply = Reply(f"resp_{len(self.turns) + 1}", stats, send=self._send, sink=self.audio_sink, clock=self._clock)
+        reply = Reply(
+            f"resp_{len(self.turns) + 1}",
+            stats,
+            send=self._send,
+            sink=self.audio_sink,
+            lead_in=self._lead_in,
+            clock=self._clock,
+        )
         assert self._tg is not None
         reply.start(
             self._tg, self._worker, self._conv, gen_kwargs, closing=lambda: self._closing, on_done=self._reply_done
