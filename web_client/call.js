@@ -19,12 +19,12 @@ import {
   sessionClose,
   sessionInit,
 } from "./protocol.js";
+import { TurnLatency } from "./latency.js";
 
 const FRAME_EVERY_MS = 1000;
 const FRAME_MAX_WIDTH = 640;
 const FRAME_QUALITY = 0.7;
 const STATS_EVERY_MS = 3000;
-const CHUNK_S = 0.1; // the capture worklet's chunk length
 const HANGUP_WAIT_MS = 2000;
 
 /** Turn-taking sensitivity in words → the server's `turn_detection` knobs. */
@@ -91,13 +91,12 @@ export class Call {
     this.ended = false;
     this.hangingUp = false;
     this.pendingFrame = null;
-    this.captureOriginMs = null; // performance.now() of the first sample the server got
     this.sentSamples = 0;
     this.response = null; // {id, interrupted, firstAudioAt, gotAudio}
-    this.speechEndAt = null;
     this.userStartMs = null;
     this.closedWaiters = [];
     this.startedAt = performance.now();
+    this.latency = new TurnLatency(view, trace); // each turn's latency as heard here (latency.js)
   }
 
   // ---- starting ---------------------------------------------------------------------------------
@@ -143,6 +142,8 @@ export class Call {
     this.playbackNode.connect(this.playbackCtx.destination);
     this.playbackNode.port.onmessage = (e) => this.onPlayback(e.data);
     await Promise.all([this.captureCtx.resume(), this.playbackCtx.resume()]);
+    await this.latency.tapMic(this.captureCtx, source);
+    await this.latency.tapOutput(this.playbackCtx, this.playbackNode);
   }
 
   connect() {
@@ -182,7 +183,6 @@ export class Call {
 
   onCaptured(chunk) {
     if (!this.created || this.ended || this.ws.readyState !== WebSocket.OPEN) return;
-    if (this.captureOriginMs === null) this.captureOriginMs = performance.now() - CHUNK_S * 1000;
     if (this.muted) chunk.fill(0);
     const frames = this.pendingFrame ? [this.pendingFrame] : [];
     this.pendingFrame = null;
@@ -254,6 +254,7 @@ export class Call {
   /** Barge-in: stop speaking at once and drop whatever is queued. */
   interrupt() {
     if (this.response) this.response.interrupted = true;
+    this.latency.interrupted();
     if (this.playbackNode) this.playbackNode.port.postMessage({ type: "flush" });
     this.view.markInterrupted();
   }
@@ -311,10 +312,10 @@ export class Call {
   }
 
   onSpeechStopped(e) {
-    if (this.captureOriginMs !== null) this.speechEndAt = this.captureOriginMs + e.audio_end_ms;
     const spokenS = (e.audio_end_ms - (this.userStartMs ?? e.audio_end_ms)) / 1000;
     this.trace.userTurns.push(spokenS);
     this.view.userTurnEnded(spokenS);
+    this.latency.speechStopped();
     this.setState("thinking");
   }
 
@@ -333,13 +334,8 @@ export class Call {
   onAudioDelta(e) {
     const r = this.response;
     if (!r || r.interrupted || e.response_id !== r.id) return; // audio of an abandoned reply
-    if (!r.gotAudio) {
-      r.gotAudio = true;
-      if (this.speechEndAt !== null) {
-        this.trace.clientLatencyMs = Math.round(performance.now() - this.speechEndAt);
-        this.view.showClientLatency(this.trace.clientLatencyMs);
-      }
-    }
+    r.gotAudio = true;
+    this.latency.audioArrived();
     const samples = base64ToF32(e.audio);
     this.playbackNode.port.postMessage({ type: "push", samples }, [samples.buffer]);
   }
@@ -355,6 +351,7 @@ export class Call {
     this.trace.visionTokens = details.vision_tokens || 0;
     this.trace.lastTimings = e.timings || null;
     this.view.showTimings(e.timings || {}, response.status);
+    this.latency.responseDone(e.timings, response.status);
     if (this.playbackNode) this.playbackNode.port.postMessage({ type: "end" });
     if (this.state === "thinking") this.setState("listening"); // a reply without audio
   }

@@ -9,10 +9,12 @@
 //
 // What is measured (in `trace.rtc`, from `getStats()` every second): the reply track's inbound-rtp
 // bytes, samples received, audio energy and level, jitter, concealed samples and concealment events
-// (`trace.underruns`: each is a gap the jitter buffer filled with made-up audio), the media bytes sent,
-// and the transport's bytes each way.
+// (`trace.underruns`: each is a gap the jitter buffer filled with made-up audio), the jitter buffer's
+// delay (`jitterBufferMs`: its average over the call, as audio is played), the media bytes sent, and the
+// transport's bytes each way.
 // An analyser on the reply track tells when the assistant is audible (`heardMs`) and proves barge-in
-// silences it (`audibleAfterFlush`: analyser ticks with reply audio after a flush and its grace time).
+// silences it (`audibleAfterFlush`: analyser ticks with reply audio after a flush and its grace time);
+// each turn's latency comes from latency.js's meters on the microphone and on the reply track.
 
 import { Call } from "./call.js";
 import { SUBPROTOCOL, clientStats, realtimeUrl, webrtcOffer } from "./protocol.js";
@@ -50,8 +52,9 @@ export class RtcCall extends Call {
   // ---- starting ---------------------------------------------------------------------------------
 
   async startAudio() {
-    this.playbackCtx = new AudioContext(); // only to analyse the reply track; the <audio> element plays it
+    this.playbackCtx = new AudioContext(); // only to measure the reply track; the <audio> element plays it
     await this.playbackCtx.resume();
+    await this.latency.tapMic(this.playbackCtx, this.playbackCtx.createMediaStreamSource(this.stream));
   }
 
   connect() {
@@ -135,7 +138,6 @@ export class RtcCall extends Call {
   }
 
   onSessionCreated(e) {
-    this.captureOriginMs = performance.now(); // the server counts audio from here (one-way delay apart)
     super.onSessionCreated(e);
     this.timers.push(setInterval(() => this.listen(), LEVEL_EVERY_MS));
     this.timers.push(setInterval(() => this.readStats(), RTC_STATS_EVERY_MS));
@@ -151,7 +153,9 @@ export class RtcCall extends Call {
     this.remoteAudio.play().catch((err) => this.trace.errors.push(`autoplay: ${err.message}`));
     this.analyser = this.playbackCtx.createAnalyser();
     this.analyser.fftSize = 1024;
-    this.playbackCtx.createMediaStreamSource(stream).connect(this.analyser);
+    const source = this.playbackCtx.createMediaStreamSource(stream);
+    source.connect(this.analyser);
+    this.latency.tapOutput(this.playbackCtx, source).catch((err) => this.trace.errors.push(`meter: ${err.message}`));
   }
 
   /** Every 50 ms: is the assistant audible? Drives speaking/listening and the client-side latency. */
@@ -174,13 +178,7 @@ export class RtcCall extends Call {
     if (audible) {
       this.trace.rtc.heardMs += LEVEL_EVERY_MS;
       r.lastAudibleAt = now;
-      if (!r.gotAudio) {
-        r.gotAudio = true;
-        if (this.speechEndAt !== null) {
-          this.trace.clientLatencyMs = Math.round(now - this.speechEndAt);
-          this.view.showClientLatency(this.trace.clientLatencyMs);
-        }
-      }
+      r.gotAudio = true;
       if (this.state !== "speaking") this.setState("speaking");
     } else if (r.doneAt && now - Math.max(r.lastAudibleAt || 0, r.doneAt) > QUIET_MS && this.state !== "listening") {
       this.setState("listening");
@@ -203,6 +201,7 @@ export class RtcCall extends Call {
   /** Barge-in: the server flushes the reply track; mute what is already in the jitter buffer. */
   interrupt() {
     if (this.response) this.response.interrupted = true;
+    this.latency.interrupted();
     if (this.remoteAudio) {
       this.remoteAudio.muted = true;
       this.trace.rtc.mutedOnFlush = (this.trace.rtc.mutedOnFlush || 0) + 1;
@@ -227,6 +226,10 @@ export class RtcCall extends Call {
           jitter: s.jitter,
           totalAudioEnergy: s.totalAudioEnergy,
           audioLevel: s.audioLevel,
+          jitterBufferMs: s.jitterBufferEmittedCount ? (1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount : null,
+          jitterBufferTargetMs: s.jitterBufferEmittedCount
+            ? (1000 * s.jitterBufferTargetDelay) / s.jitterBufferEmittedCount
+            : null,
         });
         if (this.statsBase === null) this.statsBase = s.concealmentEvents || 0;
         this.trace.underruns = (s.concealmentEvents || 0) - this.statsBase;
