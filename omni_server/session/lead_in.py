@@ -56,6 +56,11 @@ class LeadIn:
         self._needs = deque(maxlen=self.history)
 
     @property
+    def needs(self) -> tuple[float, ...]:
+        """The start-up needs of the replies remembered, oldest first."""
+        return tuple(self._needs)
+
+    @property
     def measured(self) -> bool:
         """True once a reply with at least two audio chunks has been observed."""
         return bool(self._needs)
