@@ -80,8 +80,12 @@ class Run:
         return sum(int(t["timings"].get("playback_underruns") or 0) for t in self.heard)
 
     def rules(self) -> str:
+        """Which rule ended the turns, and the server's own speech end → decision p50 (when it gives them)."""
         seen = [t["timings"].get("turn_rule") for t in self.heard if t["timings"].get("turn_rule")]
-        return ", ".join(f"{r} {seen.count(r)}" for r in sorted(set(seen))) or "–"
+        text = ", ".join(f"{r} {seen.count(r)}" for r in sorted(set(seen))) or "–"
+        own = [t["timings"].get("speech_end_to_decision_ms") for t in self.heard]
+        own_ms = np.array([v for v in own if isinstance(v, int | float)], dtype=np.float64)
+        return f"{text} (server: {pct(own_ms, 50):.0f} ms)" if own_ms.size else text
 
 
 def mic_file(workdir: Path, pause_s: float) -> Path:
@@ -138,7 +142,7 @@ def table(runs: Sequence[Run]) -> list[str]:
         "| engine cost | path | turns heard | speech end → heard p50 / p95 ms | "
         + " | ".join(f"{p} p50" for p in PARTS)
         + " | turns with gaps ≥ 20 ms (ms) | late chunks | decided by | load before/after |",
-        "|---" * (7 + len(PARTS)) + "|",
+        "|---" * (8 + len(PARTS)) + "|",
     ]
     for r in runs:
         total = r.totals_ms()
