@@ -121,6 +121,7 @@ class Reply:
         self.arrivals: list[Arrival] = []  # (when each audio chunk was there, its duration), for `LeadIn`
         self._held: list[npt.NDArray[np.float32]] = []  # audio held back by the start-up hold
         self._hold_until: float | None = None  # while set, audio is held
+        self._ending = False  # generation is over; the stream is closing and response.done follows
 
     @property
     def playback(self) -> Playback:
@@ -160,7 +161,8 @@ class Reply:
         task = self._task
         if task is None or task.done():
             return
-        task.cancel()  # the reply says `response.listen` before its `response.done`
+        if not self._ending:  # one that has stopped is closing its stream: cancelling would lose response.done
+            task.cancel()  # the reply says `response.listen` before its `response.done`
         # Wait without `suppress(CancelledError)`: that would also swallow a cancellation of the caller
         # (the call ending meanwhile), which then went on to start a reply in a closing task group.
         await asyncio.wait([task])
@@ -192,6 +194,7 @@ class Reply:
             self.status, self.barged_in = "interrupted", not closing()
             raise
         finally:
+            self._ending = True
             if self._sink is not None and self.status == "interrupted":
                 self._sink.flush()  # before anything that awaits: barge-in silences at once
             elif self._sink is not None:

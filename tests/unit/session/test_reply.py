@@ -145,3 +145,35 @@ async def test_barge_in_during_the_hold_sends_nothing() -> None:
     reply, sink, _ = await _play(lead_in, script)
     assert sink.writes == [] and sink.flushes >= 1 and reply.status == "interrupted"
     assert reply.stats.first_audio_at is None
+
+
+async def test_interrupting_a_reply_that_is_closing_its_stream_keeps_its_response_done() -> None:
+    """A reply stopped by the call closing, still waiting for its stream to close (the model's step in
+    flight), is not cancelled by interrupt(): it still hands itself to on_done (response.done)."""
+    stream, closed = Stream(), asyncio.Event()
+    ending: list[str] = []
+
+    async def slow_close() -> None:
+        await closed.wait()
+
+    stream.close = slow_close  # type: ignore[method-assign]
+
+    async def on_done(reply: Reply) -> None:
+        ending.append(reply.status)
+
+    async def send(_: Any) -> None:
+        pass
+
+    call_closing = False
+    reply = Reply("resp_1", TurnStats(), send=send, sink=None)
+    async with asyncio.TaskGroup() as tg:
+        reply.start(tg, Worker(stream), Conversation(), {}, closing=lambda: call_closing, on_done=on_done)
+        call_closing = True
+        await stream.chunks.put(OutputChunk("words", np.zeros(0, np.float32)))
+        await _sent()  # the reply stops after this chunk and waits for its stream to close
+        assert reply.active and not ending
+        interrupting = tg.create_task(reply.interrupt())
+        await _sent()
+        closed.set()
+        await interrupting
+    assert ending == ["interrupted"]
