@@ -17,9 +17,9 @@ run: $(STAMP)
 test: $(STAMP) system-deps
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONASYNCIODEBUG=1 $(PY) -m pytest -q $(ARGS)
 
-# Every benchmark by default (results: bench/RESULTS.md); BENCH=capacity (or realtime, webrtc, cluster, voices)
+# Every benchmark by default (results: bench/RESULTS.md); BENCH=capacity (or realtime, webrtc, cluster, voices, page)
 # runs one, and ARGS go to each one run.
-BENCH  ?= realtime capacity cluster
+BENCH  ?= realtime capacity cluster page
 bench: $(STAMP)
 	for b in $(BENCH); do HF_HUB_OFFLINE=1 $(PY) -m bench.$$b $(ARGS) || exit 1; done
 

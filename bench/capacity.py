@@ -42,6 +42,7 @@ from omni_server.engine.tiny import build_tiny_engine
 from omni_server.engine.worker import EngineWorker
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import OutputAudioDelta, ResponseDone, Send, ServerEvent
+from omni_server.session.lead_in import LeadIn
 from omni_server.session.playback import Playback
 from omni_server.session.session import CallConfig, CallSession
 
@@ -169,9 +170,10 @@ async def run_level(n: int, args: argparse.Namespace, utterance: Samples, vad_mo
     try:
         await worker.warm_up()
         config = CallConfig(max_new_tokens=args.reply_tokens, min_new_tokens=3, max_call_s=3600.0)
+        lead_in = LeadIn()  # as the server's SessionManager: one start-up hold learned over the engine's calls
 
         def session(call_id: str, send: Send) -> CallSession:
-            return CallSession(call_id, worker, config, send, vad_model)
+            return CallSession(call_id, worker, config, send, vad_model, lead_in=lead_in)
 
         callers = [Caller(session, f"cap{n}-{i}", utterance, args.pause_s) for i in range(n)]
         cycle_s = len(utterance) / INPUT_RATE_HZ + 1.5 + args.reply_tokens * 0.064 + args.pause_s

@@ -52,6 +52,12 @@ class Settings:
     max_new_tokens: int = _opt(256, "Longest reply, in LLM tokens.")
     max_context_tokens: int = _opt(8192, "Context the model was trained to; older turns are dropped beyond it.")
     max_call_s: float = _opt(1800.0, "Longest call, in seconds.")
+    reply_lead_in_max_ms: int = _opt(
+        350,
+        "Longest start-up hold of a reply's first audio (0: none). The hold is learned from how the engine's "
+        "chunks arrive (MiniCPM-o 2.6 at its published speed: ~0.15 s; the tiny engine: none), so the listener "
+        "never runs dry after the first chunk.",
+    )
     idle_timeout_s: float = _opt(120.0, "A call that sends no audio for this long is closed.")
     # Capacity (docs/capacity.md): the KV memory budget admission counts against, besides max_sessions.
     kv_budget_gb: float = _opt(
@@ -247,6 +253,7 @@ def _validated(s: Settings) -> Settings:
         (0.0 < s.turn_model_threshold <= 1.0, "turn_model_threshold must be in (0, 1]"),
         (0 < s.turn_pause_ms < s.vad_silence_ms, "turn_pause_ms must be above 0 and below vad_silence_ms"),
         (s.resume_window_ms >= 0, "resume_window_ms must be >= 0"),
+        (0 <= s.reply_lead_in_max_ms <= 2000, "reply_lead_in_max_ms must be 0..2000"),
         (1024 <= s.max_context_tokens, "max_context_tokens must be at least 1024"),
         (16 <= s.max_new_tokens < s.max_context_tokens // 2, "max_new_tokens must be 16..max_context_tokens/2"),
         ((s.cert is None) == (s.key is None), "--cert and --key go together"),

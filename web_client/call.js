@@ -26,6 +26,7 @@ import {
   sessionClose,
   sessionInit,
 } from "./protocol.js";
+import { TurnLatency } from "./latency.js";
 import { Reply, SpeechRate } from "./transcript.js";
 
 const FRAME_EVERY_MS = 1000;
@@ -36,7 +37,6 @@ const SCREEN_QUALITY = 0.85;
 const STATS_EVERY_MS = 3000;
 const LEVEL_EVERY_MS = 50;
 const SLOW_CONNECT_MS = 2000; // still connecting after this: say what the call is waiting for
-const CHUNK_S = 0.1; // the capture worklet's chunk length
 const HANGUP_WAIT_MS = 2000;
 const MAX_TYPED_CHARS = 2000; // as the server's `input.text` limit
 
@@ -109,16 +109,15 @@ export class Call {
     this.waitingFor = "permission";
     this.slow = false;
     this.pendingFrame = null;
-    this.captureOriginMs = null; // performance.now() of the first sample the server got
     this.sentSamples = 0;
     this.response = null; // the reply being heard: see onResponseCreated
     this.flushing = []; // replies interrupted whose `flushed` (how much was played) is still to come
     this.statsAt = null; // performance.now() of the playback worklet's last stats
     this.speechRate = new SpeechRate(settings.language);
-    this.speechEndAt = null;
     this.userStartMs = null;
     this.closedWaiters = [];
     this.startedAt = performance.now();
+    this.latency = new TurnLatency(view, trace); // each turn's latency as heard here (latency.js)
   }
 
   // ---- starting ---------------------------------------------------------------------------------
@@ -171,6 +170,8 @@ export class Call {
     this.playbackNode.port.onmessage = (e) => this.onPlayback(e.data);
     this.outMeter = meterFor(this.playbackNode);
     await Promise.all([this.captureCtx.resume(), this.playbackCtx.resume()]);
+    await this.micTapped;
+    await this.latency.tapOutput(this.playbackCtx, this.playbackNode);
   }
 
   /** (Re)connect the stream's microphone track to the capture worklet and the level meter. */
@@ -179,6 +180,7 @@ export class Call {
     this.micSource = this.captureCtx.createMediaStreamSource(this.stream);
     this.micSource.connect(this.captureNode);
     this.micMeter = meterFor(this.micSource);
+    this.micTapped = this.latency.tapMic(this.captureCtx, this.micSource).catch((err) => this.trace.errors.push(`meter: ${err.message}`));
   }
 
   connect() {
@@ -275,7 +277,6 @@ export class Call {
 
   onCaptured(chunk) {
     if (!this.created || this.ended || this.ws.readyState !== WebSocket.OPEN) return;
-    if (this.captureOriginMs === null) this.captureOriginMs = performance.now() - CHUNK_S * 1000;
     if (this.muted) chunk.fill(0);
     const frames = this.pendingFrame ? [this.pendingFrame] : [];
     this.pendingFrame = null;
@@ -406,6 +407,7 @@ export class Call {
       r.interrupted = true;
       this.flushing.push(r); // the worklet's `flushed` says exactly how much of it was played
     }
+    this.latency.interrupted();
     if (this.playbackNode) this.playbackNode.port.postMessage({ type: "flush" });
   }
 
@@ -463,10 +465,10 @@ export class Call {
   }
 
   onSpeechStopped(e) {
-    if (this.captureOriginMs !== null) this.speechEndAt = this.captureOriginMs + e.audio_end_ms;
     const spokenS = (e.audio_end_ms - (this.userStartMs ?? e.audio_end_ms)) / 1000;
     this.trace.userTurns.push(spokenS);
     this.view.userTurnEnded(spokenS);
+    this.latency.speechStopped();
     this.setState("thinking");
   }
 
@@ -489,11 +491,8 @@ export class Call {
     if (!r.gotAudio) {
       r.gotAudio = true;
       r.playedBase = this.trace.playedSamples;
-      if (this.speechEndAt !== null) {
-        this.trace.clientLatencyMs = Math.round(performance.now() - this.speechEndAt);
-        this.view.showClientLatency(this.trace.clientLatencyMs);
-      }
     }
+    this.latency.audioArrived();
     const samples = base64ToF32(e.audio);
     r.pushedSamples += samples.length;
     this.playbackNode.port.postMessage({ type: "push", samples }, [samples.buffer]);
@@ -523,6 +522,7 @@ export class Call {
       r.audioS = this.replyAudioS(r, e.timings || {});
       if (r.audioS === 0 && !r.interrupted) this.replyPlayed(); // a reply without audio: all its words are "heard"
     }
+    this.latency.responseDone(e.timings, response.status);
     if (this.playbackNode) this.playbackNode.port.postMessage({ type: "end" });
     if (this.state === "thinking") this.setState("listening"); // a reply without audio
   }

@@ -12,10 +12,12 @@
 //
 // What is measured (in `trace.rtc`, from `getStats()` every second): the reply track's inbound-rtp
 // bytes, samples received, audio energy and level, jitter, concealed samples and concealment events
-// (`trace.underruns`: each is a gap the jitter buffer filled with made-up audio), the media bytes sent,
-// and the transport's bytes each way.
+// (`trace.underruns`: each is a gap the jitter buffer filled with made-up audio), the jitter buffer's
+// delay (`jitterBufferMs`: its average over the call, as audio is played), the media bytes sent, and the
+// transport's bytes each way.
 // An analyser on the reply track tells when the assistant is audible (`heardMs`) and proves barge-in
-// silences it (`audibleAfterFlush`: analyser ticks with reply audio after a flush and its grace time).
+// silences it (`audibleAfterFlush`: analyser ticks with reply audio after a flush and its grace time);
+// each turn's latency comes from latency.js's meters on the microphone and on the reply track.
 
 import { Call } from "./call.js";
 import { LevelMeter, meterFor } from "./levels.js";
@@ -88,6 +90,7 @@ export class RtcCall extends Call {
     this.playbackCtx = new AudioContext(); // only to analyse the tracks; the <audio> element plays the reply
     this.connectMic();
     await this.playbackCtx.resume();
+    await this.micTapped;
   }
 
   /** The microphone's level meter (the track itself goes to the server as it is). */
@@ -95,6 +98,7 @@ export class RtcCall extends Call {
     if (this.micSource) this.micSource.disconnect();
     this.micSource = this.playbackCtx.createMediaStreamSource(new MediaStream(this.stream.getAudioTracks()));
     this.micMeter = meterFor(this.micSource);
+    this.micTapped = this.latency.tapMic(this.playbackCtx, this.micSource).catch((err) => this.trace.errors.push(`meter: ${err.message}`));
   }
 
   connect() {
@@ -210,7 +214,6 @@ export class RtcCall extends Call {
   }
 
   onSessionCreated(e) {
-    this.captureOriginMs = performance.now(); // the server counts audio from here (one-way delay apart)
     super.onSessionCreated(e);
     this.timers.push(setInterval(() => this.listen(), LEVEL_EVERY_MS));
     this.timers.push(setInterval(() => this.readStats(), RTC_STATS_EVERY_MS));
@@ -226,8 +229,10 @@ export class RtcCall extends Call {
     this.remoteAudio.play().catch((err) => this.trace.errors.push(`autoplay: ${err.message}`));
     this.analyser = this.playbackCtx.createAnalyser();
     this.analyser.fftSize = 1024;
-    this.playbackCtx.createMediaStreamSource(stream).connect(this.analyser);
+    const source = this.playbackCtx.createMediaStreamSource(stream);
+    source.connect(this.analyser);
     this.outMeter = new LevelMeter(this.analyser);
+    this.latency.tapOutput(this.playbackCtx, source).catch((err) => this.trace.errors.push(`meter: ${err.message}`));
   }
 
   /** Every 50 ms: is the assistant audible? Drives speaking/listening and the client-side latency. */
@@ -251,13 +256,7 @@ export class RtcCall extends Call {
       this.trace.rtc.heardMs += LEVEL_EVERY_MS;
       r.lastAudibleAt = now;
       if (r.firstAudibleAt === undefined) r.firstAudibleAt = now;
-      if (!r.gotAudio) {
-        r.gotAudio = true;
-        if (this.speechEndAt !== null) {
-          this.trace.clientLatencyMs = Math.round(now - this.speechEndAt);
-          this.view.showClientLatency(this.trace.clientLatencyMs);
-        }
-      }
+      r.gotAudio = true;
       if (this.state !== "speaking") this.setState("speaking");
     } else if (r.doneAt && now - Math.max(r.lastAudibleAt || 0, r.doneAt) > QUIET_MS && this.state !== "listening") {
       this.replyPlayed();
@@ -297,6 +296,7 @@ export class RtcCall extends Call {
       r.interrupted = true;
       this.replyCut(r, playedS);
     }
+    this.latency.interrupted();
     if (this.remoteAudio) {
       this.remoteAudio.muted = true;
       this.trace.rtc.mutedOnFlush = (this.trace.rtc.mutedOnFlush || 0) + 1;
@@ -320,6 +320,10 @@ export class RtcCall extends Call {
           jitter: s.jitter,
           totalAudioEnergy: s.totalAudioEnergy,
           audioLevel: s.audioLevel,
+          jitterBufferMs: s.jitterBufferEmittedCount ? (1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount : null,
+          jitterBufferTargetMs: s.jitterBufferEmittedCount
+            ? (1000 * s.jitterBufferTargetDelay) / s.jitterBufferEmittedCount
+            : null,
         });
         if (this.statsBase === null) this.statsBase = s.concealmentEvents || 0;
         this.trace.underruns = (s.concealmentEvents || 0) - this.statsBase;

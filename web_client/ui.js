@@ -15,6 +15,7 @@ const STATE_WORDS = {
 };
 
 const $ = (id) => document.getElementById(id);
+const LATENCY_FIELDS = ["lat-client", "lat-decision", "lat-prefill", "lat-model", "lat-hold", "lat-playout", "lat-gaps", "lat-server", "lat-engine"];
 
 export class CallView {
   constructor() {
@@ -53,7 +54,8 @@ export class CallView {
     $("text-input").value = "";
     this.setInterruptible(false);
     $("timer").textContent = "0:00";
-    for (const id of ["lat-client", "lat-server", "lat-engine"]) $(id).textContent = "–";
+    for (const id of LATENCY_FIELDS) $(id).textContent = "–";
+    for (const span of $("lat-bar").children) span.style.width = "0";
   }
 
   /**
@@ -199,8 +201,26 @@ export class CallView {
 
   // ---- latency ----------------------------------------------------------------------------------
 
-  showClientLatency(ms) {
-    $("lat-client").textContent = `${ms} ms`;
+  /** One turn as the page heard it (latency.js): the total, its parts (also as a bar), and the gaps. */
+  showTurnLatency(t) {
+    const ms = (v) => (typeof v === "number" ? `${Math.round(v)} ms` : "–");
+    $("lat-client").textContent = ms(t.totalMs);
+    const p = t.parts;
+    const rule = t.timings && t.timings.turn_rule ? ` (${t.timings.turn_rule})` : "";
+    $("lat-decision").textContent = p ? `${ms(p.decision)}${rule}` : "–";
+    for (const part of ["prefill", "model", "hold", "playout"]) $(`lat-${part}`).textContent = p ? ms(p[part]) : "–";
+    for (const span of $("lat-bar").children) {
+      const v = p && t.totalMs > 0 ? Math.max(0, p[span.className]) / t.totalMs : 0;
+      span.style.width = `${(100 * Math.min(1, v)).toFixed(1)}%`;
+    }
+    if (!t.timings) return;
+    // Gaps: audio the server sent after the listener would have run dry, and the player's own underruns
+    // (a reply's natural pauses are not gaps, so the meter's silences are left to benchmarks).
+    const late = t.timings.playback_underruns || 0;
+    const gaps = [];
+    if (late) gaps.push(`${late} late (${Math.round(t.timings.underrun_ms || 0)} ms)`);
+    if (t.underruns) gaps.push(`${t.underruns} in the player`);
+    $("lat-gaps").textContent = gaps.length ? gaps.join(", ") : "none";
   }
 
   showTimings(t, status) {

@@ -6,14 +6,17 @@ model sleep, on the thread that calls it (the engine worker), as long as MiniCPM
 
 - `prefill_s_per_unit` per second of input audio and `prefill_s_per_frame` per image in a prefill;
 - `first_chunk_s` once per reply, before its first output chunk;
-- `audio_rtf` × the duration of every output audio chunk, before that chunk;
+- `audio_rtf` × the audio each TTS step decodes (25 codes = 12,800 samples = 0.533 s), before the chunk
+  that step releases. The real model yields one step behind (10,752 samples, then the 2,048-sample
+  cross-fade, then 12,800 per step, then the held-back rest at no cost), so its second chunk costs a whole
+  step for 85 ms of audio: a listener who starts on the first chunk at once runs dry before the third;
 - `text_chunk_s` per `{"text"}` dict when a reply is text only (`generate_audio=False`).
 
 Presets (`EngineCost.parse`): `"none"` (no sleeps, the default) and `"minicpmo-2.6"`, from published
 figures on an A100/4090 (OpenBMB/MiniCPM-V#858, #788; shared/research/minicpmo_api.md §1.6):
 ~1.5 s from the end of speech to the first audio, of which 0.5 s is the server's VAD silence window
-(not the engine's), leaves ~1.0 s = last prefill 0.03 + `first_chunk_s` 0.7 + 0.6 × the 0.448 s first
-chunk (0.27); TTS real-time factor ~0.6; ~0.16 s per 3-token text chunk without audio; a few tens of
+(not the engine's), leaves ~1.0 s = last prefill 0.03 + `first_chunk_s` 0.65 + 0.6 × the first step's
+0.533 s (0.32); TTS real-time factor ~0.6; ~0.16 s per 3-token text chunk without audio; a few tens of
 ms to prefill one second of audio or one frame.
 
 The sleep function is injected (`sleep=`), so tests record the sleeps instead of waiting.
@@ -36,7 +39,7 @@ class EngineCost:
     prefill_s_per_unit: float = 0.0  # per second of input audio
     prefill_s_per_frame: float = 0.0  # per input image
     first_chunk_s: float = 0.0  # once per reply, before its first chunk
-    audio_rtf: float = 0.0  # seconds of compute per second of output audio
+    audio_rtf: float = 0.0  # seconds of compute per second of speech a TTS step decodes
     text_chunk_s: float = 0.0  # per text-only chunk (3 tokens)
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
 
@@ -93,9 +96,9 @@ class EngineCost:
         """Sleep before the first chunk of a reply."""
         self._sleep(self.first_chunk_s)
 
-    def on_audio_chunk(self, duration_s: float) -> None:
-        """Sleep before an output chunk of `duration_s` seconds of speech."""
-        self._sleep(self.audio_rtf * duration_s)
+    def on_tts_step(self, audio_s: float) -> None:
+        """Sleep for a TTS step that decodes `audio_s` seconds of speech."""
+        self._sleep(self.audio_rtf * audio_s)
 
     def on_text_chunk(self) -> None:
         """Sleep before a text-only chunk."""
@@ -113,7 +116,7 @@ PRESETS: dict[str, dict[str, float]] = {
     "minicpmo-2.6": {
         "prefill_s_per_unit": 0.03,
         "prefill_s_per_frame": 0.03,
-        "first_chunk_s": 0.7,
+        "first_chunk_s": 0.65,
         "audio_rtf": 0.6,
         "text_chunk_s": 0.16,
     },

@@ -570,19 +570,20 @@ class TinyOmniModel(nn.Module):
         text, speech_tokens, codes_done, steps = "", 0, 0, 0
         held: torch.Tensor | None = None  # audio decoded but not yet given out (the real code's prev_wav)
         cond = torch.zeros(HIDDEN)
-        yields = 0
 
         def give(wav: torch.Tensor) -> OmniOutput:
-            nonlocal text, yields
-            if yields == 0:
-                self.cost.on_first_chunk()
-            self.cost.on_audio_chunk(len(wav) / OUTPUT_SAMPLE_RATE_HZ)
+            nonlocal text
             out = OmniOutput(text=text, audio_wav=wav, sampling_rate=OUTPUT_SAMPLE_RATE_HZ)
-            text, yields = "", yields + 1
+            text = ""
             return out
 
         def tts_step(k: int) -> Iterator[OmniOutput]:
             nonlocal held, codes_done, steps
+            # The cost is the step's (k codes of speech), whatever part of it this yield gives out: the
+            # second yield gives only the 2048-sample cross-fade for a whole step's compute, as the real model's.
+            if steps == 0:
+                self.cost.on_first_chunk()
+            self.cost.on_tts_step(k * SAMPLES_PER_CODE / OUTPUT_SAMPLE_RATE_HZ)
             wav = self.tts.waveform(self.tts.codes(cond, k, rng))
             codes_done, steps = codes_done + k, steps + 1
             if held is None:  # the first step keeps its last 2048 samples back for the cross-fade

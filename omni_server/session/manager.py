@@ -25,6 +25,7 @@ from omni_server.media.smart_turn import SmartTurnModel
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import Send, SessionInit
 from omni_server.session.admission import Admission, OnQueued
+from omni_server.session.lead_in import LeadIn
 from omni_server.session.session import CallConfig, CallSession
 from omni_server.session.turns import TurnConfig
 
@@ -54,6 +55,9 @@ class SessionManager:
         self.turn_model = SmartTurnModel() if settings.turn_model else None
         self.voices = store_for(settings)
         self.decode_limits = decode_limits_for(settings)
+        # One start-up hold for the engine's calls: it measures how the engine delivers a reply's chunks.
+        lead_in_max_s = settings.reply_lead_in_max_ms / 1000
+        self.lead_in = LeadIn(margin_s=min(0.04, lead_in_max_s), max_s=lead_in_max_s) if lead_in_max_s else None
 
     def slot(self, on_queued: OnQueued) -> contextlib.AbstractAsyncContextManager[None]:
         """Admission for one call: a slot and its KV reservation, held for the `async with` body."""
@@ -118,7 +122,13 @@ class SessionManager:
 
     def create(self, call_id: str, config: CallConfig, send: Send) -> CallSession:
         session = CallSession(
-            call_id, self.engine_for(call_id), config, send, self.vad_model, turn_model=self.turn_model
+            call_id,
+            self.engine_for(call_id),
+            config,
+            send,
+            self.vad_model,
+            turn_model=self.turn_model,
+            lead_in=self.lead_in,
         )
         self.sessions[call_id] = session
         return session

@@ -16,6 +16,13 @@ Scheduling: every chunk is requested with the time by which it should start on t
 (`chunk_deadline`): the first soon after the turn ended, later ones in time for the listener not to
 run dry (see docs/capacity.md).
 
+Start-up hold: MiniCPM-o's second chunk brings 85 ms of audio for a whole TTS step, so a listener who
+starts on the first chunk at once runs dry before the third. The first chunk's audio is held back for
+`LeadIn.hold_s()` (lead_in.py: learned from the chunk timing of recent replies; nothing on a fast
+engine), chunks that arrive meanwhile join it, and the reply reports the hold as `lead_in_ms`. A
+speculative reply released with two audio chunks or more in hand needs no hold, and teaches `LeadIn`
+nothing (its chunks were made ahead of the pace).
+
 Reply audio goes to the client as `response.output_audio.delta` events, unless the transport carries
 it on a media track: then an `AudioSink` gets each chunk instead, is told when the reply ends, and is
 flushed on barge-in.
@@ -44,6 +51,7 @@ from omni_server.protocol import (
     ResponseListen,
     Send,
 )
+from omni_server.session.lead_in import Arrival, LeadIn
 from omni_server.session.playback import Playback
 from omni_server.session.turn_end import Hold, TurnEnd
 
@@ -69,7 +77,8 @@ class TurnStats:
 
     speech_end_at: float = 0.0  # when the turn detector ended the user's turn
     reply_start_at: float = 0.0  # when streaming_generate was called
-    first_audio_at: float | None = None
+    first_ready_at: float | None = None  # when the first audio chunk was there
+    first_audio_at: float | None = None  # ... and when it went to the listener (after the start-up hold)
     compute_start_s: float = 0.0  # the conversation's model time when the turn ended
     compute_first_audio_s: float | None = None  # ... and when the first audio chunk was ready
     audio_s: float = 0.0
@@ -80,8 +89,12 @@ class TurnStats:
     def as_dict(self, compute_s: float, late_units: int) -> dict[str, Any]:
         first = None if self.first_audio_at is None else round((self.first_audio_at - self.speech_end_at) * 1000, 1)
         to_first = self.compute_first_audio_s
+        held = None
+        if self.first_audio_at is not None and self.first_ready_at is not None:
+            held = round((self.first_audio_at - self.first_ready_at) * 1000, 1)
         return {
             "end_of_turn_to_first_audio_ms": first,
+            "lead_in_ms": held,
             "engine_to_first_audio_ms": None
             if to_first is None
             else round((to_first - self.compute_start_s) * 1000, 1),
@@ -110,6 +123,7 @@ class Reply:
         *,
         send: Send,
         sink: AudioSink | None,
+        lead_in: LeadIn | None = None,
         clock: Callable[[], float] = time.monotonic,
         hold: Hold | None = None,
         on_first_audio: Callable[[float], None] | None = None,
@@ -128,6 +142,11 @@ class Reply:
         self._finishing = False  # the generation is over and the reply is saying how it ended
         self.text: list[str] = []
         self.output_tokens = 0  # context tokens the reply added
+        self._lead_in = lead_in
+        self._learning = lead_in is not None and not lead_in.measured  # hold until the second chunk
+        self.arrivals: list[Arrival] = []  # (when each audio chunk was there, its duration), for `LeadIn`
+        self._startup: list[npt.NDArray[np.float32]] = []  # audio held back by the start-up hold
+        self._hold_until: float | None = None  # while set, audio is held
 
     @property
     def playback(self) -> Playback:
@@ -189,6 +208,8 @@ class Reply:
     def chunk_deadline(self, step_s: float) -> float:
         """When the next chunk must start: in time for the listener not to run dry; the first soon after the turn."""
         end_at = self.playback.end_at
+        if end_at is None and self._hold_until is not None:  # the held audio starts playing then
+            end_at = self._hold_until + sum(len(a) for a in self._startup) / OUTPUT_SAMPLE_RATE_HZ
         if end_at is None:
             return self.stats.speech_end_at + FIRST_CHUNK_SLACK_S
         return end_at - PLAYBACK_GUARD_S - step_s
@@ -231,6 +252,8 @@ class Reply:
                 self._sink.end()
             if stream is not None:
                 await asyncio.shield(stream.close())
+            if self._lead_in is not None and self.hold is None:  # a speculation's chunks were made ahead
+                self._lead_in.observe(self.arrivals)
             self.output_tokens = max(0, conv.context_tokens - before)
             if self.heard:  # a speculation never released has said nothing and leaves no trace
                 try:
@@ -259,28 +282,62 @@ class Reply:
         stats, rid = self.stats, self.response_id
         step_s = 0.0  # model time of a chunk: the next one is due that much before it is needed
         while True:
-            chunk = held.pop(0) if held else await stream.next(deadline=self.chunk_deadline(step_s), read_ahead=True)
+            chunk = held.pop(0) if held else await self._next(stream, self.chunk_deadline(step_s))
             if chunk is None:
-                return
-            if stats.first_audio_at is not None:  # the first chunk's cost says nothing about later ones
+                break
+            if self.arrivals:  # the first chunk's cost says nothing about later ones
                 step_s = stream.step_s
             if chunk.text:
                 self.text.append(chunk.text)
                 await self._send(OutputTextDelta(rid, chunk.text))
             if chunk.audio.size:
                 now = self._clock()
-                if stats.first_audio_at is None:
-                    stats.first_audio_at = now
-                    stats.compute_first_audio_s = conv.compute_s
-                    if self._on_first_audio is not None:
-                        self._on_first_audio(now)
+                self.arrivals.append((now, chunk.duration_s))
                 stats.audio_s += chunk.duration_s
-                stats.playback.on_audio(now, chunk.duration_s)
-                if self._sink is not None:
-                    self._sink.write(chunk.audio)
-                else:
-                    ahead_ms = round(stats.playback.ahead_s(now) * 1000, 1)
-                    await self._send(OutputAudioDelta(rid, chunk.audio, OUTPUT_SAMPLE_RATE_HZ, ahead_ms))
+                if stats.first_ready_at is None:
+                    stats.first_ready_at = now
+                    stats.compute_first_audio_s = conv.compute_s
+                    # A speculation that made a second audio chunk ahead has already covered the start-up gap.
+                    ahead = any(c is not None and c.audio.size for c in held)
+                    hold_s = 0.0 if self._lead_in is None or ahead else self._lead_in.hold_s()
+                    self._hold_until = now + hold_s if hold_s > 0 else None
+                self._startup.append(chunk.audio)
+                due = self._hold_until
+                if due is None or now >= due or (self._learning and len(self.arrivals) >= 2):
+                    await self._release()
             if closing():
                 self.status = "interrupted"
                 return
+        await self._release()  # a reply shorter than the hold: nothing more is coming
+
+    async def _next(self, stream: ReplyChunks, deadline: float) -> OutputChunk | None:
+        """The next chunk; audio held back meanwhile is released when its hold ends."""
+        if self._hold_until is None:
+            return await stream.next(deadline=deadline, read_ahead=True)
+        pull = asyncio.ensure_future(stream.next(deadline=deadline, read_ahead=True))
+        try:
+            done, _ = await asyncio.wait([pull], timeout=max(0.0, self._hold_until - self._clock()))
+            if not done:
+                await self._release()
+            return await pull
+        finally:
+            if not pull.done():  # cancelled while waiting (barge-in): the pull goes with it
+                pull.cancel()
+                await asyncio.wait([pull])
+
+    async def _release(self) -> None:
+        """Audio held back goes to the listener now (and every chunk after it at once)."""
+        self._hold_until = None
+        held, self._startup = self._startup, []
+        for audio in held:
+            now = self._clock()
+            if self.stats.first_audio_at is None:
+                self.stats.first_audio_at = now
+                if self._on_first_audio is not None:
+                    self._on_first_audio(now)
+            self.stats.playback.on_audio(now, len(audio) / OUTPUT_SAMPLE_RATE_HZ)
+            if self._sink is not None:
+                self._sink.write(audio)
+            else:
+                ahead_ms = round(self.stats.playback.ahead_s(now) * 1000, 1)
+                await self._send(OutputAudioDelta(self.response_id, audio, OUTPUT_SAMPLE_RATE_HZ, ahead_ms))

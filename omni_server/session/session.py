@@ -70,6 +70,7 @@ from omni_server.protocol import (
     usage_payload,
 )
 from omni_server.session import turns
+from omni_server.session.lead_in import LeadIn
 from omni_server.session.reply import FIRST_CHUNK_SLACK_S, AudioSink, Reply, TurnStats
 from omni_server.session.turn_end import Hold, Kept, RecentAudio, SemanticJudge, TurnEnd
 from omni_server.session.turns import TurnConfig, TurnDetector
@@ -180,9 +181,11 @@ class CallSession:
         vad_model: SileroVadModel,
         *,
         turn_model: SmartTurnModel | None = None,
+        lead_in: LeadIn | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = call_id
+        self._lead_in = lead_in  # the engine's start-up hold of reply audio, shared by its calls (lead_in.py)
         self._worker = worker
         self.config = config
         self._send = send
@@ -688,6 +691,7 @@ class CallSession:
             stats,
             send=self._send,
             sink=self.audio_sink,
+            lead_in=self._lead_in,
             clock=self._clock,
             hold=hold,
             on_first_audio=self._heard_at,

@@ -2,9 +2,11 @@
 
 `ReplyAudioTrack` is the call's `AudioSink`: the session writes 24 kHz reply chunks into its
 `PlayoutBuffer`, and aiortc's sender pulls one 20 ms frame at a time, paced on the clock, silence when
-there is nothing to say; `flush` empties it at once on barge-in. Frames stay at the model's 24 kHz:
-aiortc's Opus encoder resamples them to 48 kHz itself (swresample, with no added latency to speak
-of, where a resampler here would hold back a few ms of every reply).
+there is nothing to say; `flush` empties it at once on barge-in. Frames are 48 kHz, Opus's own rate,
+resampled here as chunks arrive: given 24 kHz frames, aiortc's encoder resamples them itself into
+960-sample frames, and its resampler cannot fill one until the next frame comes, so every reply
+reached the listener 20 ms late. (The resampler here holds back a chunk's last few ms until the next
+chunk, which is there long before they are due.)
 
 aiortc queues every decoded frame of a remote track in an unbounded queue, so each incoming track is
 drained by a loop for the whole call. `receive_audio` resamples Opus's 48 kHz stereo frames to 16 kHz
@@ -32,19 +34,22 @@ from PIL import Image
 from omni_server.media.playout import PlayoutBuffer
 
 logger = logging.getLogger(__name__)
-TRACK_RATE_HZ = 24_000  # the model's output rate
+TRACK_RATE_HZ = 48_000  # Opus's rate: aiortc encodes these frames without resampling (and holding) them
+MODEL_RATE_HZ = 24_000  # what the session writes
 FRAME_MS = 20
 INPUT_RATE_HZ = 16_000
 
 
 class ReplyAudioTrack(MediaStreamTrack):
-    """Outgoing reply audio: paced 20 ms mono s16 frames at 24 kHz; silence when idle; flushable."""
+    """Outgoing reply audio: paced 20 ms mono s16 frames at 48 kHz; silence when idle; flushable."""
 
     kind = "audio"
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, max_buffer_s: float = 120.0) -> None:
         super().__init__()
-        self.buffer = PlayoutBuffer(rate_hz=TRACK_RATE_HZ, frame_ms=FRAME_MS, max_s=max_buffer_s)
+        self.buffer = PlayoutBuffer(
+            input_rate_hz=MODEL_RATE_HZ, rate_hz=TRACK_RATE_HZ, frame_ms=FRAME_MS, max_s=max_buffer_s
+        )
         self._clock = clock
         self._start: float | None = None
         self._pts = 0

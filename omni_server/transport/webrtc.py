@@ -57,6 +57,7 @@ from omni_server.protocol import (
 from omni_server.session.manager import SessionManager
 from omni_server.session.session import CallSession
 from omni_server.transport.calls import CallEndpoint, error_event, sender
+from omni_server.transport.jitter import use_low_delay_jitter_buffer
 from omni_server.transport.tracks import ReplyAudioTrack, receive_audio, receive_video
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,9 @@ class WebRtcEndpoint(CallEndpoint):
         except ValueError as e:
             raise ProtocolError(f"The WebRTC offer is not valid SDP ({e}).", code="invalid_sdp") from e
         receivers = {t.kind: t.receiver.track for t in pc.getTransceivers() if t.receiver.track is not None}
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "audio":
+                use_low_delay_jitter_buffer(transceiver.receiver)  # aiortc's holds the mic 80 ms (jitter.py)
         if "audio" not in receivers or pc.sctp is None:
             raise ProtocolError(
                 "The WebRTC offer must carry a microphone track and a data channel.", code="invalid_sdp"

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import av
 import numpy as np
 import numpy.typing as npt
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
@@ -24,9 +25,11 @@ from tests.integration.realtime_client import client_ssl
 
 @dataclass
 class ReceivedAudio:
-    """The reply track as heard: (arrival time, rms) of every 20 ms frame."""
+    """The reply track as heard: (arrival time, rms) of every 20 ms frame, and its samples (mono, in order)."""
 
     frames: list[tuple[float, float]] = field(default_factory=list)
+    samples: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    rate_hz: int = 48_000
 
     def loud_since(self, since: float, threshold: float = 1e-3) -> int:
         return sum(1 for at, rms in self.frames if at >= since and rms > threshold)
@@ -42,6 +45,7 @@ class WebRtcClient:
         self.events: list[dict[str, Any]] = []  # events on the data channel
         self.heard = ReceivedAudio()
         self._event_queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._frame_heard = asyncio.Event()
         self._drain: asyncio.Task[None] | None = None
 
     @classmethod
@@ -68,8 +72,17 @@ class WebRtcClient:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            samples = frame.to_ndarray().astype(np.float32) / 32768.0  # type: ignore[union-attr]
+            assert isinstance(frame, av.AudioFrame) and not frame.format.is_planar  # Opus decodes to packed s16
+            samples = frame.to_ndarray().astype(np.float32) / 32768.0
             self.heard.frames.append((time.monotonic(), float(np.sqrt(np.mean(samples**2)))))
+            self.heard.rate_hz = frame.sample_rate
+            self.heard.samples.append(samples.reshape(-1, len(frame.layout.channels)).mean(axis=1))
+            self._frame_heard.set()
+
+    async def heard_more(self) -> None:
+        """Wait (bounded) for the next frame of the reply track."""
+        self._frame_heard.clear()
+        await asyncio.wait_for(self._frame_heard.wait(), timeout(5))
 
     async def signal(self, event_type: str, **fields: Any) -> None:
         await self.ws.send(json.dumps({"type": event_type, **fields}))

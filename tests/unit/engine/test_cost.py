@@ -21,17 +21,17 @@ def test_default_is_free_and_never_sleeps() -> None:
     cost = EngineCost(sleep=rec)
     cost.on_prefill(1.0, 1)
     cost.on_first_chunk()
-    cost.on_audio_chunk(0.5)
+    cost.on_tts_step(0.5)
     cost.on_text_chunk()
     assert cost.is_free and rec.calls == []
     assert EngineCost.parse("none") == EngineCost()
 
 
 def test_minicpmo_preset_adds_up_to_a_second_before_first_audio() -> None:
-    """The minicpmo-2.6 preset puts ~1.0 s between the last prefill and the first 0.448 s audio chunk."""
+    """The minicpmo-2.6 preset puts ~1.0 s between the last prefill and the first audio chunk (one 0.533 s step)."""
     cost = EngineCost.parse("minicpmo-2.6")
     assert cost.audio_rtf == pytest.approx(0.6)
-    engine_latency = cost.prefill_s_per_unit * 1.0 + cost.first_chunk_s + cost.audio_rtf * 10_752 / 24_000
+    engine_latency = cost.prefill_s_per_unit * 1.0 + cost.first_chunk_s + cost.audio_rtf * 12_800 / 24_000
     assert engine_latency == pytest.approx(1.0, abs=0.05)
 
 
@@ -62,13 +62,13 @@ def test_parse_rejects_with_a_clear_message(text: str, message: str) -> None:
 
 
 def test_sleeps_scale_with_the_work() -> None:
-    """Prefill sleeps per second of audio and per frame; audio chunks sleep rtf × their duration."""
+    """Prefill sleeps per second of audio and per frame; TTS steps sleep rtf × the speech they decode."""
     rec = Recorder()
     cost = EngineCost.parse("prefill_s_per_unit=0.02,prefill_s_per_frame=0.05,audio_rtf=0.5,first_chunk_s=0.7", rec)
     cost.on_prefill(2.0, 1)
     cost.on_prefill(0.0, 0)
     cost.on_first_chunk()
-    cost.on_audio_chunk(0.4)
+    cost.on_tts_step(0.4)
     cost.on_text_chunk()
     assert rec.calls == pytest.approx([0.09, 0.7, 0.2])
 

@@ -385,7 +385,8 @@ def test_abandoned_reply_then_prefill_works_but_never_resumes(engine: Engine) ->
 
 
 def test_cost_sleeps_for_prefill_first_chunk_and_audio() -> None:
-    """With a cost, prefill sleeps per second and frame, a reply before its first chunk and rtf × each chunk."""
+    """With a cost, prefill sleeps per second and frame, a reply before its first chunk, and every TTS step
+    rtf × the speech it decodes: the 2048-sample second chunk costs a whole step, the held-back last one nothing."""
     slept: list[float] = []
     cost = EngineCost.parse("prefill_s_per_unit=0.02,prefill_s_per_frame=0.05,first_chunk_s=0.7,audio_rtf=0.5")
     engine = build_tiny_engine(seed=0, cost=cost.with_sleep(slept.append))
@@ -395,8 +396,11 @@ def test_cost_sleeps_for_prefill_first_chunk_and_audio() -> None:
     assert slept == pytest.approx([0.07])
     slept.clear()
     items = reply(engine)
-    durations = [len(r.audio_wav) / 24_000 for r in items]
-    assert slept == pytest.approx([0.7] + [0.5 * d for d in durations])
+    sizes = [len(r.audio_wav) for r in items]
+    assert sizes[:3] == [10752, 2048, 12800]
+    steps = [10752 + 2048, *sizes[2:-1], sizes[-1]]  # step k's speech comes out in yield k + 1
+    assert slept == pytest.approx([0.7] + [0.5 * n / 24_000 for n in steps])
+    assert len(slept) == len(items)  # one sleep per step, none for the held-back remainder
 
 
 def test_cost_sleeps_per_text_chunk_without_audio() -> None:

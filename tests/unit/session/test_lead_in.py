@@ -1,0 +1,67 @@
+"""LeadIn: the start-up hold of reply audio, learned from when chunks arrive and how long they play."""
+
+from __future__ import annotations
+
+import pytest
+
+from omni_server.session.lead_in import LeadIn, needed_s
+from omni_server.session.playback import Playback
+
+STEP_S = 0.6 * 12_800 / 24_000  # MiniCPM-o 2.6's compute per TTS step at its published pace
+# Its chunks (10752, 2048, 12800, 12800 samples at 24 kHz), each there one step after the one before.
+REAL_PACE = [(0.0, 0.448), (STEP_S, 0.0853), (2 * STEP_S, 0.5333), (3 * STEP_S, 0.5333)]
+
+
+def test_real_model_pattern_needs_its_second_step_minus_the_audio_before_it() -> None:
+    """At the real pace the third chunk comes 0.64 s after the first, which has 0.533 s of audio before it."""
+    assert needed_s(REAL_PACE) == pytest.approx(2 * STEP_S - 0.448 - 0.0853, abs=1e-3)
+
+
+def test_the_need_is_exactly_enough() -> None:
+    """Starting playback `needed_s` after the first chunk gives no underrun; starting sooner gives one."""
+    need = needed_s(REAL_PACE)
+    for delay, underruns in ((need, 0), (need - 0.02, 1)):
+        p = Playback()
+        p.on_audio(delay, REAL_PACE[0][1])  # the first chunk starts playing after the delay
+        for at, duration_s in REAL_PACE[1:]:
+            p.on_audio(max(at, delay), duration_s)
+        assert p.underruns == underruns, delay
+
+
+def test_fast_engine_needs_nothing() -> None:
+    """Chunks that come faster than they play need no hold, and a learned LeadIn holds nothing."""
+    fast = [(0.0, 0.448), (0.02, 0.085), (0.04, 0.533)]
+    assert needed_s(fast) == 0.0
+    lead_in = LeadIn()
+    lead_in.observe(fast)
+    assert lead_in.measured and lead_in.hold_s() == 0.0
+
+
+def test_hold_is_the_largest_recent_need_plus_their_spread_and_margin_capped() -> None:
+    """The hold covers the worst of the last `history` replies, plus how much they varied (a quarter of the
+    need with one reply measured) and the margin, never beyond max_s."""
+    lead_in = LeadIn(margin_s=0.04, max_s=0.35, history=2)
+    assert lead_in.observe(REAL_PACE) == pytest.approx(0.107, abs=1e-3)
+    assert lead_in.hold_s() == pytest.approx(0.107 * 1.25 + 0.04, abs=1e-3)
+    slower = [(at * 1.1, d) for at, d in REAL_PACE]  # the engine 10% slower: needs 0.171 s
+    lead_in.observe(slower)
+    assert lead_in.hold_s() == pytest.approx(0.171 + (0.171 - 0.107) + 0.04, abs=2e-3)
+    lead_in.observe([(0.0, 0.1), (1.0, 0.1)])  # a stalled reply: needs 0.9 s
+    assert lead_in.hold_s() == 0.35
+    lead_in.observe([(0.0, 0.5), (0.01, 0.5)])
+    lead_in.observe([(0.0, 0.5), (0.01, 0.5)])  # the stall has left the history
+    assert lead_in.hold_s() == 0.0
+
+
+def test_unmeasured_holds_at_most_max_and_single_chunks_teach_nothing() -> None:
+    """Before a reply with two chunks was seen, the hold is max_s (the caller releases at the second chunk)."""
+    lead_in = LeadIn(max_s=0.3)
+    assert lead_in.observe([(0.0, 0.4)]) is None and lead_in.observe([]) is None
+    assert not lead_in.measured and lead_in.hold_s() == 0.3
+
+
+def test_bad_settings_are_refused() -> None:
+    """A margin above the cap, a negative one, or no history is a ValueError."""
+    for kwargs in ({"margin_s": 0.5, "max_s": 0.3}, {"margin_s": -0.1}, {"history": 0}):
+        with pytest.raises(ValueError, match="LeadIn needs"):
+            LeadIn(**kwargs)  # type: ignore[arg-type]
