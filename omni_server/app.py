@@ -42,6 +42,7 @@ from omni_server.engine.worker import EngineWorker
 from omni_server.errors import EngineError
 from omni_server.library.choice import store_for
 from omni_server.library.identity import Identity
+from omni_server.library.store import VoiceStore
 from omni_server.media.vad import SileroVadModel
 from omni_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from omni_server.metrics import ServerMetrics
@@ -65,7 +66,7 @@ class RemoteEngines(Protocol):
     @property
     def info(self) -> EngineInfo: ...
 
-    def session_manager(self, settings: Settings, vad_model: SileroVadModel) -> SessionManager: ...
+    def session_manager(self, settings: Settings, vad_model: SileroVadModel, voices: VoiceStore) -> SessionManager: ...
 
 
 class OmniServer:
@@ -86,8 +87,12 @@ class OmniServer:
         origins = settings.allow_origin.split(",")
         self.guard = ConnectionGuard(self.metrics, max_per_ip=settings.max_connections_per_ip, allowed_origins=origins)
         self.static = web.StaticFiles(settings.web_root)
-        # The library's reads (lists, previews, the page's identity cookie) work while the model loads.
-        self.library = LibraryEndpoint(settings, Identity(Path(settings.data_dir)), store_for(settings))
+        # The one voice library, for calls and the library socket alike; what a killed save left is
+        # swept before anything reads it. Its reads (lists, previews, the page's identity cookie)
+        # work while the model loads.
+        self.voices = store_for(settings)
+        self.voices.sweep()
+        self.library = LibraryEndpoint(settings, Identity(Path(settings.data_dir)), self.voices)
         self.state = "starting"  # starting -> ready | failed; stopping at shutdown
         self.failure: str | None = None
         self._settled = asyncio.Event()  # loading finished, failed, or was abandoned
@@ -168,8 +173,8 @@ class OmniServer:
         if isinstance(engine, Engine) or callable(engine):
             loaded = engine if isinstance(engine, Engine) else await _in_daemon_thread(engine)
             worker = EngineWorker(loaded, on_timing=self.metrics.engine_timing)
-            return SessionManager(self.settings, worker, SileroVadModel())
-        return engine.session_manager(self.settings, SileroVadModel())
+            return SessionManager(self.settings, worker, SileroVadModel(), self.voices)
+        return engine.session_manager(self.settings, SileroVadModel(), self.voices)
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

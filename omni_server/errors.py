@@ -8,6 +8,7 @@
     │   ├── InvalidVoice           audio that cannot serve as a reference voice (says why)
     │   ├── NotFound               no such voice or character for this person (or not theirs)
     │   └── LimitReached           a voice-library limit (count, bytes) is reached
+    ├── StorageFull                the server's disk refused a write; nothing was saved
     ├── SessionRefused             no session was made (auth, queue full, shutting down)
     ├── SessionEnded               a server-side limit ended a live session (duration, idle, ...)
     └── EngineError                the model failed while serving one session; that session ends
@@ -57,6 +58,10 @@ class NotFound(ProtocolError):
 
 class LimitReached(ProtocolError):
     code = "limit_reached"
+
+
+class StorageFull(OmniError):
+    code = "storage_full"
 
 
 class SessionRefused(OmniError):

@@ -20,7 +20,8 @@ import numpy as np
 
 from omni_server.config import Settings
 from omni_server.engine.client import EngineClient
-from omni_server.library.choice import choose_voice, decode_limits_for, store_for
+from omni_server.library.choice import choose_voice, decode_limits_for
+from omni_server.library.store import VoiceStore
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import SessionInit
 from omni_server.session.admission import Admission, OnQueued
@@ -33,7 +34,9 @@ logger = logging.getLogger(__name__)
 class SessionManager:
     """Makes calls from `session.init` and keeps the live ones (for shutdown and metrics)."""
 
-    def __init__(self, settings: Settings, worker: EngineClient[Any], vad_model: SileroVadModel) -> None:
+    def __init__(
+        self, settings: Settings, worker: EngineClient[Any], vad_model: SileroVadModel, voices: VoiceStore
+    ) -> None:
         self.settings = settings
         self.worker = worker
         self.vad_model = vad_model
@@ -49,7 +52,7 @@ class SessionManager:
                 kv_budget_bytes / 1e9, fit, self.call_kv_bytes / 1e9, settings.max_sessions,
             )  # fmt: skip
         self.sessions: dict[str, CallSession] = {}
-        self.voices = store_for(settings)
+        self.voices = voices  # the server's one library, shared with its library endpoint
         self.decode_limits = decode_limits_for(settings)
 
     def slot(self, on_queued: OnQueued) -> contextlib.AbstractAsyncContextManager[None]:

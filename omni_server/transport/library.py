@@ -57,9 +57,8 @@ class LibraryEndpoint:
         self.manager: SessionManager | None = None  # the socket is served once the engine is loaded
 
     def attach(self, manager: SessionManager) -> None:
-        """The engine is loaded: serve the socket, and let calls resolve voices from this same store."""
+        """The engine is loaded: serve the socket (calls resolve voices from this same store)."""
         self.manager = manager
-        manager.voices = self.store
 
     @property
     def _calls(self) -> SessionManager:
