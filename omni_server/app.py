@@ -204,6 +204,8 @@ class OmniServer:
                 logger.warning("calls did not finish within %.1f s of shutdown; closing them", grace_s)
                 self._server.close(close_connections=True)
                 await self._server.wait_closed()
+        if hasattr(self, "manager"):
+            self.manager.voice_preparer.close()
         if hasattr(self, "worker"):
             await asyncio.to_thread(self.worker.close)
 

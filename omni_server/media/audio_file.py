@@ -25,6 +25,8 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 
+from omni_server.media.errors import MediaError
+
 __all__ = ["AudioFileError", "DecodeLimits", "decode_audio_file", "sniff_format", "ACCEPTED_CONTENT_TYPES"]
 
 SAMPLE_RATE_HZ = 16_000
@@ -59,8 +61,10 @@ ACCEPTED_CONTENT_TYPES = frozenset(
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
 
 
-class AudioFileError(ValueError):
+class AudioFileError(MediaError):
     """The file cannot be used as a voice; the message says why in plain words, for the person uploading."""
+
+    kind = "voice"
 
 
 @dataclass(frozen=True)

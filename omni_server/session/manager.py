@@ -21,6 +21,7 @@ import numpy as np
 from omni_server.config import Settings
 from omni_server.engine.client import EngineClient
 from omni_server.library.choice import choose_voice, decode_limits_for
+from omni_server.library.preparer import VoicePreparer
 from omni_server.library.store import VoiceStore
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import Send, SessionInit
@@ -53,7 +54,7 @@ class SessionManager:
             )  # fmt: skip
         self.sessions: dict[str, CallSession] = {}
         self.voices = voices  # the server's one library, shared with its library endpoint
-        self.decode_limits = decode_limits_for(settings)
+        self.voice_preparer = VoicePreparer(decode_limits_for(settings), vad_model)
 
     def slot(self, on_queued: OnQueued) -> contextlib.AbstractAsyncContextManager[None]:
         """Admission for one call: a slot and its KV reservation, held for the `async with` body."""
@@ -62,13 +63,11 @@ class SessionManager:
     def new_call_id(self) -> str:
         return f"rt_{int(time.time() * 1000)}_{secrets.token_hex(3)}"
 
-    def call_config(self, init: SessionInit, *, video: bool, user: str | None = None) -> CallConfig:
-        """Resolve a client's `session.init` against the server's settings, limits and `user`'s library.
-
-        Blocking (a voice is read or decoded): call it in a thread."""
+    async def call_config(self, init: SessionInit, *, video: bool, user: str | None = None) -> CallConfig:
+        """Resolve a client's `session.init` against the server's settings, limits and `user`'s library."""
         s = self.settings
         td = init.turn_detection
-        voice = choose_voice(init, user, self.voices, self.vad_model, self.decode_limits)
+        voice = await choose_voice(init, user, self.voices, self.voice_preparer)
         ref = voice.ref_audio
         instructions = "\n".join(t for t in (voice.persona, init.system_prompt, init.instructions) if t) or None
         max_new_tokens = s.max_new_tokens if init.max_tokens is None else max(1, min(init.max_tokens, s.max_new_tokens))

@@ -11,7 +11,6 @@ Must not import: torch, aiortc, the engine's models.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -21,8 +20,6 @@ from websockets.exceptions import ConnectionClosed
 
 from omni_server.engine.base import EngineInfo
 from omni_server.errors import OmniError, ProtocolError, SessionEnded, SessionRefused
-from omni_server.media.images import ImageFormatError
-from omni_server.media.pcm import AudioFormatError
 from omni_server.metrics import ServerMetrics
 from omni_server.protocol import (
     ClientStats,
@@ -87,7 +84,7 @@ class CallEndpoint:
     async def configure(self, ws: ServerConnection, init: SessionInit, *, video: bool) -> CallConfig:
         """`session.init` resolved against the settings, for the caller's identity (voices are per person)."""
         user = self.identify(ws.request.path, ws.request.headers.raw_items()) if ws.request else None
-        return await asyncio.to_thread(self.manager.call_config, init, video=video, user=user)
+        return await self.manager.call_config(init, video=video, user=user)
 
     async def open(
         self, call_id: str, config: CallConfig, send: Send, *, output_sample_rate: int, audio_sink: AudioSink | None
@@ -129,15 +126,6 @@ class CallEndpoint:
         else:
             return False
         return True
-
-
-def error_event(e: Exception) -> Error:
-    """The `error` event for a bad frame, a bad call setting, or a failure."""
-    if isinstance(e, AudioFormatError):
-        return Error("invalid_audio", str(e))
-    if isinstance(e, ImageFormatError):
-        return Error("invalid_image", str(e))
-    return Error.of(e)
 
 
 def sender(ws: ServerConnection) -> Send:

@@ -5,7 +5,7 @@ websockets' HTTP parser takes only GET, so there is no POST upload: the page and
 one binary frame holding the audio file. GET serves `/v1/user` (issue an identity), `/v1/voices`,
 `/v1/voices/<id>.wav` (the prepared clip, for preview) and `/v1/characters`. The page itself is
 served with an identity cookie when the browser has none. Requests run one at a time per socket;
-decoding and file I/O run in threads. Every refusal is an `error` reply and the socket stays open.
+decoding runs on the voice preparer's low-priority threads, file I/O in threads. Every refusal is an `error` reply and the socket stays open.
 
 Must not import: torch, the engine's models.
 """
@@ -30,9 +30,8 @@ from omni_server.config import Settings
 from omni_server.engine.base import OUTPUT_SAMPLE_RATE_HZ
 from omni_server.errors import OmniError, ProtocolError, error_payload
 from omni_server.library.identity import Identity
-from omni_server.library.reference import voice_from_file
 from omni_server.library.store import VoiceStore
-from omni_server.media.pcm import AudioFormatError, encode_f32_base64
+from omni_server.media.pcm import encode_f32_base64
 from omni_server.protocol import encode_fields
 from omni_server.session.manager import SessionManager
 from omni_server.session.reading import read_aloud
@@ -114,11 +113,8 @@ class LibraryEndpoint:
                 try:
                     request = _request(raw)
                     await self._serve(ws, user, request)
-                except (OmniError, AudioFormatError) as e:
-                    payload = (
-                        error_payload(e) if isinstance(e, OmniError) else {"code": "invalid_audio", "message": str(e)}
-                    )
-                    await self._reply(ws, request.get("id"), "error", error=payload)
+                except OmniError as e:
+                    await self._reply(ws, request.get("id"), "error", error=error_payload(e))
                 except Exception as e:  # the boundary: log it once, tell the client plainly, keep serving
                     logger.exception("library request %r failed", request.get("type"))
                     await self._reply(ws, request.get("id"), "error", error=error_payload(e))
@@ -142,9 +138,7 @@ class LibraryEndpoint:
             )
         elif kind == "voice.add":
             data = await self._file(ws)
-            prepared = await asyncio.to_thread(
-                voice_from_file, data, _str(request, "content_type"), self._calls.decode_limits, self._calls.vad_model
-            )
+            prepared = await self._calls.voice_preparer.from_file(data, _str(request, "content_type"))
             voice = await asyncio.to_thread(
                 store.add_voice,
                 user,

@@ -39,7 +39,6 @@ from websockets.exceptions import ConnectionClosed
 
 from omni_server.engine.base import EngineInfo
 from omni_server.errors import OmniError, ProtocolError, SessionEnded
-from omni_server.media.pcm import AudioFormatError
 from omni_server.metrics import ServerMetrics
 from omni_server.protocol import (
     Error,
@@ -56,7 +55,7 @@ from omni_server.protocol import (
 )
 from omni_server.session.manager import SessionManager
 from omni_server.session.session import CallSession
-from omni_server.transport.calls import CallEndpoint, error_event, sender
+from omni_server.transport.calls import CallEndpoint, sender
 from omni_server.transport.tracks import ReplyAudioTrack, receive_audio, receive_video
 
 logger = logging.getLogger(__name__)
@@ -182,8 +181,8 @@ class WebRtcEndpoint(CallEndpoint):
         init, offer = await self._wait_for_offer(ws, signal)
         try:
             config = await self.configure(ws, init, video=video)
-        except (OmniError, AudioFormatError) as e:
-            await signal(error_event(e))
+        except OmniError as e:
+            await signal(Error.of(e))
             return "error"
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[s.for_aiortc() for s in self.ice_servers]))
         try:

@@ -18,12 +18,12 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from omni_server.errors import OmniError, ProtocolError, SessionEnded
-from omni_server.media.images import ImageFormatError, decode_image
-from omni_server.media.pcm import AudioFormatError, decode_f32_base64
+from omni_server.errors import OmniError, ProtocolError, SessionEnded, from_media
+from omni_server.media.images import decode_image
+from omni_server.media.pcm import decode_f32_base64
 from omni_server.protocol import Error, InputAppend, Send, SessionClose, SessionInit, WebRtcOffer, decode_client_event
 from omni_server.session.session import CallSession
-from omni_server.transport.calls import CallEndpoint, error_event, sender
+from omni_server.transport.calls import CallEndpoint, sender
 
 INIT_TIMEOUT_S = 30.0
 REALTIME_PATH = "/v1/realtime"
@@ -48,8 +48,8 @@ class RealtimeEndpoint(CallEndpoint):
         init = await self._wait_for_init(ws, send)
         try:
             config = await self.configure(ws, init, video=video)
-        except (OmniError, AudioFormatError) as e:
-            await send(error_event(e))
+        except OmniError as e:
+            await send(Error.of(e))
             return "error"
         session = await self.open(call_id, config, send, output_sample_rate=24000, audio_sink=None)
         if session is None:
@@ -85,8 +85,8 @@ class RealtimeEndpoint(CallEndpoint):
                 try:
                     event = decode_client_event(raw, max_bytes=self.settings.max_message_bytes)
                     await self._dispatch(event, session)
-                except (ProtocolError, AudioFormatError, ImageFormatError) as e:
-                    await send(error_event(e))
+                except ProtocolError as e:
+                    await send(Error.of(e))
                 if isinstance(event, SessionClose):
                     return
         except ConnectionClosed:
@@ -104,7 +104,8 @@ class RealtimeEndpoint(CallEndpoint):
             if event.video_frames_base64 and session.config.video:
                 image = await asyncio.to_thread(_decode_frame, event.video_frames_base64[-1], s)
             if event.audio_base64:
-                samples = decode_f32_base64(event.audio_base64, max_samples=int(s.max_append_s * 16000))
+                with from_media():
+                    samples = decode_f32_base64(event.audio_base64, max_samples=int(s.max_append_s * 16000))
                 session.push_audio(samples, image)
             elif image is not None:
                 session.push_frame(image)
@@ -126,4 +127,5 @@ def _decode_frame(b64: str, settings: Any) -> Any:
         data = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as e:
         raise ProtocolError("Camera frame is not valid base64.", code="invalid_image") from e
-    return decode_image(data, max_bytes=settings.max_frame_bytes, max_pixels=settings.max_frame_pixels)
+    with from_media():
+        return decode_image(data, max_bytes=settings.max_frame_bytes, max_pixels=settings.max_frame_pixels)
