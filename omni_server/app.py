@@ -188,8 +188,7 @@ class OmniServer:
         self.metrics.ready.set(0)
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()  # the loader's thread finishes on its own; nobody waits for it
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._load_task
+            await asyncio.wait([self._load_task])  # (awaiting it would raise its cancellation here)
         self._settled.set()  # callers held while starting are told the server is stopping
         if loaded:
             self.manager.admission.close()

@@ -53,6 +53,9 @@ class Settings:
     max_context_tokens: int = _opt(8192, "Context the model was trained to; older turns are dropped beyond it.")
     max_call_s: float = _opt(1800.0, "Longest call, in seconds.")
     idle_timeout_s: float = _opt(120.0, "A call that sends no audio for this long is closed.")
+    init_timeout_s: float = _opt(
+        30.0, "Time a caller has after session.queue_done to send session.init (and its offer)."
+    )
     # Capacity (docs/capacity.md): the KV memory budget admission counts against, besides max_sessions.
     kv_budget_gb: float = _opt(
         0.0,
@@ -216,6 +219,7 @@ def _validated(s: Settings) -> Settings:
         (s.max_voice_bytes > 0, "max_voice_bytes must be positive"),
         (s.max_connections_per_ip >= 1, "max_connections_per_ip must be at least 1"),
         (s.send_timeout_s > 0 and s.shutdown_grace_s >= 0, "send_timeout_s must be > 0 and shutdown_grace_s >= 0"),
+        (s.init_timeout_s > 0, "init_timeout_s must be > 0"),
         (s.log_level in ("debug", "info", "warning", "error"), "log_level must be debug, info, warning or error"),
     ]
     for ok, message in checks:

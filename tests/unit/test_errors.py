@@ -46,3 +46,14 @@ def test_no_module_above_media_handles_a_media_exception() -> None:
                 assert not (names & MEDIA_ERRORS) - allowed, (
                     f"{path.relative_to(PACKAGE)} imports {names & MEDIA_ERRORS}"
                 )
+
+
+def test_cancellation_is_never_swallowed() -> None:
+    """No `suppress(CancelledError)` in the package, and every `except CancelledError` re-raises it."""
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            where = f"{path.relative_to(PACKAGE)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("suppress"):
+                assert "CancelledError" not in ast.unparse(node), where
+            if isinstance(node, ast.ExceptHandler) and node.type and "CancelledError" in ast.unparse(node.type):
+                assert any(isinstance(n, ast.Raise) for stmt in node.body for n in ast.walk(stmt)), where
