@@ -58,6 +58,7 @@ from omni_server.transport.websocket import REALTIME_PATH, RealtimeEndpoint
 
 logger = logging.getLogger(__name__)
 EngineLoader = Callable[[], Engine]
+MAX_UNREAD_MESSAGES = 4
 
 
 class RemoteEngines(Protocol):
@@ -129,6 +130,9 @@ class OmniServer:
             process_request=self._process_request,
             subprotocols=[SUBPROTOCOL, LIBRARY_SUBPROTOCOL],  # type: ignore[list-item]
             max_size=self.settings.max_message_bytes,
+            # Received messages a connection may hold unread (websockets' default is 16, so 16 × 8 MiB): every
+            # socket is read all its life, so a few cover bursts; beyond them TCP pushes back on the client.
+            max_queue=MAX_UNREAD_MESSAGES,
             server_header="omni_server",
             create_connection=connection,  # type: ignore[arg-type]
         )

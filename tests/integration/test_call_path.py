@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omni_server.app import OmniServer
+from omni_server.app import MAX_UNREAD_MESSAGES, OmniServer
 from omni_server.engine.tiny import build_tiny_engine
 from tests.conftest import server_settings
 from tests.integration.realtime_client import RawClient, b64_audio
@@ -112,4 +112,14 @@ async def test_client_stats_cannot_break_the_reader_or_the_metrics(server: OmniS
     await client.send("input.commit")
     assert (await client.until("response.done"))["response"]["status"] == "completed"
     assert server.metrics.registry.get_sample_value("omni_client_playback_underruns_total") == 4
+    await client.close()
+
+
+async def test_no_connection_holds_more_than_a_few_unread_messages(server: OmniServer) -> None:
+    """Each connection's receive queue stops reading the socket after a few messages (not websockets' 16)."""
+    client = await RawClient.connect(server)
+    await client.until("session.queue_done")
+    assert server._server is not None
+    (connection,) = server._server.connections
+    assert connection.max_queue_high == MAX_UNREAD_MESSAGES == 4
     await client.close()
