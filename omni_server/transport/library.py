@@ -43,6 +43,8 @@ LIBRARY_SUBPROTOCOL = "omni.library"
 _PREVIEW = re.compile(r"^/v1/voices/(v[0-9a-f]{16})\.wav$")
 _PAGE_PATHS = ("/", "/index.html")
 FILE_WAIT_S = 30.0
+MAX_ID_CHARS = 128
+MAX_ID_INT = 2**53  # the largest whole number every JSON client reads exactly
 
 
 class LibraryEndpoint:
@@ -229,13 +231,36 @@ class LibraryEndpoint:
 
 
 def _request(raw: str) -> dict[str, Any]:
+    """One request, whose `id` can be echoed in a valid JSON reply; `ProtocolError` (answered with no id) if not."""
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw, parse_constant=_not_json)
     except json.JSONDecodeError as e:
         raise ProtocolError(f"Request is not valid JSON ({e.msg}).", code="invalid_json") from e
+    except RecursionError as e:  # json recurses per nesting level
+        raise ProtocolError("Request is nested too deeply.", code="invalid_json") from e
+    except ValueError as e:  # NaN or Infinity (`_not_json`), or an integer of more than 4300 digits
+        raise ProtocolError(f"Request is not valid JSON ({e}).", code="invalid_json") from e
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ProtocolError("A request must be a JSON object with a 'type'.", code="invalid_json")
+    rid = obj.get("id")
+    if not (rid is None or _printable(rid, MAX_ID_CHARS) or (isinstance(rid, int) and abs(rid) <= MAX_ID_INT)):
+        raise ProtocolError(f"id must be text of at most {MAX_ID_CHARS} characters or a whole number.")
     return obj
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _printable(value: Any, most: int) -> bool:
+    """Text that can go back in a reply: at most `most` characters, and valid Unicode (no lone surrogates)."""
+    if not isinstance(value, str) or len(value) > most:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _str(request: dict[str, Any], key: str) -> str:

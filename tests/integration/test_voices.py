@@ -313,3 +313,32 @@ async def test_one_library_swept_of_orphans_at_start_up(tmp_path: Path) -> None:
     async with OmniServer(server_settings(tmp_path), build_tiny_engine()) as server:
         assert list(voices.iterdir()) == []
         assert server.manager.voices is server.library.store
+
+
+async def test_malformed_library_requests_get_clear_errors_in_valid_json(server: OmniServer) -> None:
+    """Deep nesting, NaN/Infinity and over-long numbers are invalid_json; a lone-surrogate or NaN id is refused
+    with no id; every reply is strict JSON, and the socket stays open."""
+    lib = await LibraryClient.connect(server, await new_user(server))
+
+    def strict(text: str | bytes) -> dict[str, Any]:
+        def refuse(constant: str) -> None:
+            raise AssertionError(f"the reply holds {constant}, which is not JSON")
+
+        reply: dict[str, Any] = json.loads(text, parse_constant=refuse)
+        return reply
+
+    cases = [
+        ('{"type":"voice.list","id":"deep","x":' + "[" * 100_000 + "]" * 100_000 + "}", "invalid_json"),
+        ('{"type":"voice.list","id":NaN}', "invalid_json"),
+        ('{"type":"voice.list","id":Infinity}', "invalid_json"),
+        ('{"type":"voice.list","id":1' + "0" * 5000 + "}", "invalid_json"),
+        ('{"type":"voice.list","id":"\\ud800"}', "invalid_request"),
+        ('{"type":"voice.list","id":' + json.dumps("x" * 129) + "}", "invalid_request"),
+    ]
+    for raw, code in cases:
+        await lib.ws.send(raw)
+        reply = strict(await lib.ws.recv())
+        assert reply["type"] == "error" and reply["error"]["code"] == code and reply["id"] is None, (raw[:40], reply)
+    await lib.ws.send('{"type":"voice.list","id":7}')
+    assert strict(await lib.ws.recv()) == {"type": "voice.list", "id": 7, "voices": []}
+    await lib.close()
