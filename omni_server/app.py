@@ -59,6 +59,7 @@ from omni_server.transport.websocket import REALTIME_PATH, RealtimeEndpoint
 logger = logging.getLogger(__name__)
 EngineLoader = Callable[[], Engine]
 MAX_UNREAD_MESSAGES = 4
+CLOSE_WAIT_S = 1.0  # at shutdown, for a client to answer the server's close after the grace period
 
 
 class RemoteEngines(Protocol):
@@ -198,14 +199,15 @@ class OmniServer:
             self.manager.admission.close()
             for session in list(self.manager.sessions.values()):
                 session.close("server_shutdown")
+        await self.library.close_all()  # idle by nature: nothing to wait for
         if self._server is not None:
             grace_s = self.settings.shutdown_grace_s
             self._server.close(close_connections=False)
             try:
                 await asyncio.wait_for(self._server.wait_closed(), grace_s)
             except TimeoutError:
-                logger.warning("calls did not finish within %.1f s of shutdown; closing them", grace_s)
-                self._server.close(close_connections=True)
+                logger.warning("connections still open %.1f s after shutdown began; closing them", grace_s)
+                await _close_connections(self._server)
                 await self._server.wait_closed()
         if hasattr(self, "manager"):
             self.manager.voice_preparer.close()
@@ -292,6 +294,22 @@ async def _in_daemon_thread(fn: EngineLoader) -> Engine:
 
     threading.Thread(target=run, name="engine-loader", daemon=True).start()
     return await future
+
+
+async def _close_connections(server: Server) -> None:
+    """Close every connection (websockets' own `close(close_connections=True)` does nothing once `close` has run):
+    a going-away close, and whoever has not answered it within `CLOSE_WAIT_S` is cut off."""
+    connections = list(server.connections)
+    if not connections:
+        return
+    closing = [asyncio.create_task(c.close(1001, "The server is shutting down.")) for c in connections]
+    _, late = await asyncio.wait(closing, timeout=CLOSE_WAIT_S)
+    for task in late:
+        task.cancel()
+    for connection in list(server.all_connections):  # also those stuck in a closing handshake
+        connection.transport.abort()  # a no-op for a connection already closed
+    if late:
+        await asyncio.wait(late)
 
 
 def _raw_sender(ws: ServerConnection) -> Send:

@@ -55,6 +55,7 @@ class LibraryEndpoint:
         self.identity = identity
         self.store = store
         self.manager: SessionManager | None = None  # the socket is served once the engine is loaded
+        self._sockets: set[ServerConnection] = set()  # open `/v1/library` sockets, closed at shutdown
 
     def attach(self, manager: SessionManager) -> None:
         """The engine is loaded: serve the socket (calls resolve voices from this same store)."""
@@ -98,9 +99,16 @@ class LibraryEndpoint:
 
     # ---- the socket --------------------------------------------------------------------------------
 
+    async def close_all(self) -> None:
+        """Shutdown: close every library socket now (an open page keeps one, idle, for as long as it is open)."""
+        sockets = list(self._sockets)
+        if sockets:
+            await asyncio.wait([asyncio.create_task(ws.close(1001, "The server is shutting down.")) for ws in sockets])
+
     async def handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         user = self.identity.user_of(ws.request.path, ws.request.headers.raw_items())
+        self._sockets.add(ws)
         try:
             async for raw in ws:
                 if isinstance(raw, bytes):
@@ -122,6 +130,8 @@ class LibraryEndpoint:
                     await self._reply(ws, request.get("id"), "error", error=error_payload(e))
         except ConnectionClosed:
             pass
+        finally:
+            self._sockets.discard(ws)
 
     async def _serve(self, ws: ServerConnection, user: str | None, request: dict[str, Any]) -> None:
         kind, rid = request["type"], request.get("id")
