@@ -71,6 +71,9 @@ class Settings:
     # Limits on what clients send.
     max_message_bytes: int = _opt(8 * 1024 * 1024, "Largest WebSocket message.")
     max_append_s: float = _opt(5.0, "Most audio one input.append may carry, in seconds.")
+    max_input_burst_s: float = _opt(
+        10.0, "Audio a call may send ahead of real time before pieces are refused (rate_limited); 0: no limit."
+    )
     max_frame_bytes: int = _opt(2 * 1024 * 1024, "Largest camera frame (JPEG bytes).")
     max_frame_pixels: int = _opt(4096 * 2304, "Largest camera frame (pixels).")
     # WebRTC (the page's default media path; docs/webrtc.md).
@@ -220,6 +223,10 @@ def _validated(s: Settings) -> Settings:
         (s.max_connections_per_ip >= 1, "max_connections_per_ip must be at least 1"),
         (s.send_timeout_s > 0 and s.shutdown_grace_s >= 0, "send_timeout_s must be > 0 and shutdown_grace_s >= 0"),
         (s.init_timeout_s > 0, "init_timeout_s must be > 0"),
+        (
+            s.max_input_burst_s == 0 or s.max_input_burst_s >= s.max_append_s,
+            "max_input_burst_s must be 0 or >= max_append_s",
+        ),
         (s.log_level in ("debug", "info", "warning", "error"), "log_level must be debug, info, warning or error"),
     ]
     for ok, message in checks:

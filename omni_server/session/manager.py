@@ -101,6 +101,7 @@ class SessionManager:
             max_context_tokens=max_context,
             max_call_s=s.max_call_s,
             idle_timeout_s=s.idle_timeout_s,
+            input_burst_s=s.max_input_burst_s or None,
         )
 
     def engine_for(self, call_id: str) -> EngineClient[Any]:

@@ -46,6 +46,7 @@ from omni_server.protocol import (
     Send,
     usage_payload,
 )
+from omni_server.session.rate import RealTimeBudget
 from omni_server.session.reply import AudioSink, Reply, TurnStats
 from omni_server.session.turns import SpeechStarted, SpeechStopped, TurnConfig, TurnDetector
 from omni_server.session.units import PreRoll, UnitCutter
@@ -95,6 +96,7 @@ class CallConfig:
     max_call_s: float = 1800.0
     idle_timeout_s: float = 120.0
     max_pending_audio_s: float = 30.0
+    input_burst_s: float | None = 10.0  # input beyond real time refused after this much (None: no limit)
 
     def model_mode(self) -> str:
         return "omni" if self.video and self.conversation_mode == "assistant" else _VOICE_MODES[self.conversation_mode]
@@ -141,8 +143,20 @@ class CallSession:
         self.client_underruns = 0  # as the client's player reports them
         self.audio_sink: AudioSink | None = None  # set before `run` by a transport with an audio track
         self.playback_underruns = 0  # as the server sees them (`Playback`), over all replies
+        burst_s = config.input_burst_s
+        self._input_budget = None if burst_s is None else RealTimeBudget(burst_s, clock=clock)
 
     # ---- called by the transport -------------------------------------------------------------------
+
+    def admit_input(self, duration_s: float) -> None:
+        """Charge one input message (before decoding it) against the call's real-time budget.
+
+        Raises `rate_limited` when the call sends faster than real time beyond its burst: the message is dropped."""
+        if self._input_budget is not None and not self._input_budget.take(duration_s):
+            raise ProtocolError(
+                "Audio is arriving faster than real time, so this piece was dropped: send audio as it is recorded.",
+                code="rate_limited",
+            )
 
     def push_audio(self, samples: Samples, frame: Image.Image | None = None) -> None:
         """Queue 16 kHz float32 audio (with the camera frame sent alongside it, if any).

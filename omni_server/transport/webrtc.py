@@ -238,8 +238,9 @@ class WebRtcEndpoint(CallEndpoint):
 
         def audio(samples: Any) -> None:
             try:
+                session.admit_input(len(samples) / 16000)
                 session.push_audio(samples)
-            except ProtocolError as e:  # far ahead of the model: this piece is dropped, the call goes on
+            except ProtocolError as e:  # faster than real time, or far ahead of the model: dropped, the call goes on
                 with contextlib.suppress(SessionEnded):
                     events.send_now(Error.of(e))
 

@@ -61,6 +61,7 @@ class RealtimeEndpoint(CallEndpoint):
     async def _dispatch(self, event: ClientEvent, *, session: CallSession) -> None:
         s = self.settings
         if isinstance(event, InputAppend):
+            session.admit_input(_duration_s(event.audio_base64))  # before anything is decoded
             self.control(event, session)
             image = None
             if event.video_frames_base64 and session.config.video:
@@ -77,6 +78,11 @@ class RealtimeEndpoint(CallEndpoint):
             raise ProtocolError("webrtc.offer belongs on /v1/realtime?transport=webrtc (docs/webrtc.md).")
         else:
             self.control(event, session)
+
+
+def _duration_s(audio_base64: str) -> float:
+    """The audio a base64 float32 payload holds, from its length alone."""
+    return len(audio_base64) * 3 // 4 // 4 / 16000
 
 
 def _decode_frame(b64: str, settings: Any) -> Any:
