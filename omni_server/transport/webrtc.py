@@ -48,7 +48,6 @@ from omni_server.protocol import (
     ServerEvent,
     WebRtcAnswer,
     WebRtcConfig,
-    WebRtcOffer,
     decode_client_event,
     encode,
 )
@@ -56,6 +55,7 @@ from omni_server.session.manager import SessionManager
 from omni_server.session.session import CallSession
 from omni_server.transport.calls import CallEndpoint, sender
 from omni_server.transport.reader import CallReader
+from omni_server.transport.sdp import check_offer, check_offer_size
 from omni_server.transport.tracks import ReplyAudioTrack, receive_audio, receive_video
 
 logger = logging.getLogger(__name__)
@@ -184,30 +184,34 @@ class WebRtcEndpoint(CallEndpoint):
         except OmniError as e:
             await signal(Error.of(e))
             return "error"
+        check_offer_size(offer.sdp)  # before anything parses it, even the candidate filter
+        sdp = loopback_candidates_only(offer.sdp) if is_loopback(self.settings.host) else offer.sdp
+        await asyncio.to_thread(check_offer, sdp)  # parsed once off the loop; aiortc parses it again, quickly
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[s.for_aiortc() for s in self.ice_servers]))
         try:
-            return await self._call(reader, signal, pc, call_id, config, offer)
+            return await self._call(reader, signal, pc, call_id, config, sdp)
         finally:
-            await pc.close()
+            await _close(pc)
 
     async def _call(
-        self, reader: CallReader, signal: Send, pc: RTCPeerConnection, call_id: str, config: Any, offer: WebRtcOffer
+        self, reader: CallReader, signal: Send, pc: RTCPeerConnection, call_id: str, config: Any, sdp: str
     ) -> str:
         events = EventChannel()
         pc.on("datachannel", events.attach)
         reply_track = ReplyAudioTrack()
-        sdp = loopback_candidates_only(offer.sdp) if is_loopback(self.settings.host) else offer.sdp
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except ValueError as e:
-            raise ProtocolError(f"The WebRTC offer is not valid SDP ({e}).", code="invalid_sdp") from e
-        receivers = {t.kind: t.receiver.track for t in pc.getTransceivers() if t.receiver.track is not None}
-        if "audio" not in receivers or pc.sctp is None:
-            raise ProtocolError(
-                "The WebRTC offer must carry a microphone track and a data channel.", code="invalid_sdp"
-            )
-        pc.addTrack(reply_track)
-        await pc.setLocalDescription(await pc.createAnswer())
+            receivers = {t.kind: t.receiver.track for t in pc.getTransceivers() if t.receiver.track is not None}
+            if "audio" not in receivers or pc.sctp is None:
+                raise ProtocolError(
+                    "The WebRTC offer must carry a microphone track and a data channel.", code="invalid_sdp"
+                )
+            pc.addTrack(reply_track)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except ProtocolError:
+            raise
+        except Exception as e:  # aiortc acting on an offer it parsed but cannot use (its errors are of every kind)
+            raise ProtocolError("The WebRTC offer is not valid SDP for a call.", code="invalid_sdp") from e
         await signal(WebRtcAnswer(sdp=pc.localDescription.sdp))
         try:
             async with asyncio.timeout(self.settings.webrtc_connect_timeout_s):
@@ -273,6 +277,14 @@ class WebRtcEndpoint(CallEndpoint):
             raise ProtocolError("On a WebRTC call, audio and video travel on the media tracks.")
         if not self.control(event, session):
             raise ProtocolError(f"{type(event).__name__} is not accepted during a call.", code="already_initialized")
+
+
+async def _close(pc: RTCPeerConnection) -> None:
+    """Close a peer connection; one left half set up by a bad offer can fail to close inside aiortc."""
+    try:
+        await pc.close()
+    except Exception as e:  # nothing more to free, and the call's own outcome is already decided
+        logger.warning("closing a WebRTC connection failed: %s", type(e).__name__)
 
 
 async def _refuse_on(events: EventChannel, error: ProtocolError) -> None:
