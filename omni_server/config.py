@@ -50,6 +50,9 @@ class Settings:
     max_sessions: int = _opt(8, "Concurrent calls one model serves; more callers wait in the queue.")
     max_queue: int = _opt(16, "Callers allowed to wait; beyond that new calls are refused.")
     max_new_tokens: int = _opt(256, "Longest reply, in LLM tokens.")
+    max_prompt_tokens: int = _opt(
+        2048, "Longest instructions a call may give (system prompt, instructions and persona), in LLM tokens."
+    )
     max_context_tokens: int = _opt(8192, "Context the model was trained to; older turns are dropped beyond it.")
     max_call_s: float = _opt(1800.0, "Longest call, in seconds.")
     idle_timeout_s: float = _opt(120.0, "A call that sends no audio for this long is closed.")
@@ -217,6 +220,7 @@ def _validated(s: Settings) -> Settings:
         (s.vad_silence_ms >= 100, "vad_silence_ms must be at least 100"),
         (1024 <= s.max_context_tokens, "max_context_tokens must be at least 1024"),
         (16 <= s.max_new_tokens < s.max_context_tokens // 2, "max_new_tokens must be 16..max_context_tokens/2"),
+        (0 < s.max_prompt_tokens <= s.max_context_tokens // 2, "max_prompt_tokens must be 1..max_context_tokens/2"),
         ((s.cert is None) == (s.key is None), "--cert and --key go together"),
         (all(map(_ice_server_ok, s.ice_server)), "ice_server must be stun:HOST:PORT or turn:USER:CREDENTIAL@HOST:PORT"),
         (s.max_voice_bytes > 0, "max_voice_bytes must be positive"),

@@ -102,6 +102,7 @@ class SessionManager:
             max_call_s=s.max_call_s,
             idle_timeout_s=s.idle_timeout_s,
             input_burst_s=s.max_input_burst_s or None,
+            max_prompt_tokens=s.max_prompt_tokens,
         )
 
     def engine_for(self, call_id: str) -> EngineClient[Any]:

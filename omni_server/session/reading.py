@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from omni_server.engine.base import OutputChunk
 from omni_server.engine.client import EngineClient
+from omni_server.engine.text import UserText
 from omni_server.errors import ProtocolError
 
 MAX_TEXT_CHARS = 1000
@@ -44,7 +45,8 @@ async def read_aloud(
             conv, lambda m: m.get_sys_prompt(ref_audio=ref_audio, mode="voice_cloning", language=language)
         )
         await worker.prefill(conv, [system])
-        await worker.prefill(conv, [{"role": "user", "content": [READ_PROMPT[language] + "\n" + text]}])
+        typed = UserText(READ_PROMPT[language] + "\n" + text)  # the model's control strings in it made inert
+        await worker.prefill(conv, [{"role": "user", "content": [typed]}])
         stream = await worker.reply(conv, max_new_tokens=max_new_tokens, generate_audio=True)
         try:
             while (chunk := await stream.next()) is not None:

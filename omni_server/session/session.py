@@ -37,6 +37,7 @@ from PIL import Image
 from omni_server import protocol
 from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, EngineInfo
 from omni_server.engine.client import ConversationHandle, EngineClient
+from omni_server.engine.text import UserText
 from omni_server.errors import OmniError, ProtocolError, SessionEnded
 from omni_server.media.vad import SileroVadModel, VadStream
 from omni_server.protocol import (
@@ -96,6 +97,7 @@ class CallConfig:
     max_call_s: float = 1800.0
     idle_timeout_s: float = 120.0
     max_pending_audio_s: float = 30.0
+    max_prompt_tokens: int = 2048  # the instructions (with a character's persona), in the model's tokens
     input_burst_s: float | None = 10.0  # input beyond real time refused after this much (None: no limit)
 
     def model_mode(self) -> str:
@@ -198,8 +200,15 @@ class CallSession:
         await self._worker.release(self._conv)
 
     async def start(self) -> None:
-        """Prefill the system prompt of a fresh conversation."""
+        """Prefill the system prompt of a fresh conversation; refuse one that leaves no room for a turn."""
         await self._prefill_system_prompt()
+        if not self._fits_a_turn():
+            used, limit = self._conv.context_tokens, self.config.max_context_tokens
+            raise ProtocolError(
+                f"The instructions and the voice take {used:,} of this call's {limit:,} tokens of context, "
+                "leaving too little for the conversation: shorten them (or allow more context).",
+                code="text_too_long",
+            )
 
     async def run(self) -> str:
         """Serve the call; returns the `session.closed` reason."""
@@ -302,7 +311,7 @@ class CallSession:
 
     async def _greet(self, greeting: str) -> None:
         """Start a reply to a text turn asking for the greeting; the user can talk over it as over any reply."""
-        prompt = _GREETING[self.config.language].format(greeting=greeting)
+        prompt = UserText(_GREETING[self.config.language].format(greeting=greeting))
         before = self._conv.context_tokens
         after = await self._worker.prefill(self._conv, [{"role": "user", "content": [prompt]}])
         self._count_input(after - before, audio_s=0.0)
@@ -327,9 +336,13 @@ class CallSession:
         msg = await self._worker.run(
             self._conv, lambda m: m.get_sys_prompt(ref_audio=ref, mode=mode, language=language)
         )
-        extra = [text for text in (cfg.instructions, note) if text]
+        extra = []  # typed (or, for the note, model-written) text: inert and bounded by the engine
+        if cfg.instructions:
+            extra.append(UserText("\n" + cfg.instructions, cfg.max_prompt_tokens, "The call's instructions"))
+        if note:
+            extra.append(UserText("\n" + note))
         if extra:
-            msg = {**msg, "content": [*msg["content"], *("\n" + text for text in extra)]}
+            msg = {**msg, "content": [*msg["content"], *extra]}
         before = self._conv.context_tokens
         after = await self._worker.prefill(self._conv, [msg], max_slice_nums=cfg.max_slice_nums)
         self._count_input(after - before, audio_s=0.0 if ref is None else len(ref) / INPUT_SAMPLE_RATE_HZ)
@@ -338,8 +351,7 @@ class CallSession:
         # Manual turns: input during a reply talks over it. A prefill must never run under a live reply
         # generator (it could not be resumed afterwards), so the reply ends first.
         await self._interrupt()
-        reserve = self.config.max_new_tokens + 32
-        if self._conv.context_tokens + self._unit_tokens + reserve > self.config.max_context_tokens:
+        if not self._fits_a_turn():
             await self._roll_over()
         frame = self._frame if self.config.video else None
         content: list[Any] = [audio]
@@ -358,15 +370,28 @@ class CallSession:
         self._unit_tokens = max(self._unit_tokens, added)
         self._count_input(added, audio_s=len(audio) / INPUT_SAMPLE_RATE_HZ, frames=int(frame is not None))
 
+    def _fits_a_turn(self) -> bool:
+        """Whether the next unit and a whole reply still fit the context."""
+        reserve = self.config.max_new_tokens + 32
+        return self._conv.context_tokens + self._unit_tokens + reserve <= self.config.max_context_tokens
+
     async def _roll_over(self) -> None:
+        """Go on in a fresh model conversation; it never loops: `start` made sure the system prompt leaves room."""
         dropped = self._conv.context_tokens
-        await self._worker.release(self._conv)
-        self._conv = self._worker.open(self._next_conv_id())
         recent = " ".join(self._replies)[-600:]
         note = _MEMORY_NOTE[self.config.language].format(text=recent) if recent else None
-        await self._prefill_system_prompt(note)
+        await self._fresh_conversation(note)
+        if note is not None and not self._fits_a_turn():
+            await self._fresh_conversation(None)  # the note itself took the room: once more, without it
+        if not self._fits_a_turn():  # (units grew past the estimate `start` checked with)
+            raise SessionEnded("The conversation no longer fits the model's context.", code="context_full")
         logger.info("context rolled over", extra={"session_id": self.id, "dropped_tokens": dropped})
         await self._send(ConversationTruncated(reason="context_full", dropped_tokens=dropped))
+
+    async def _fresh_conversation(self, note: str | None) -> None:
+        await self._worker.release(self._conv)
+        self._conv = self._worker.open(self._next_conv_id())
+        await self._prefill_system_prompt(note)
 
     def _start_reply(self, stats: TurnStats) -> None:
         """Start the reply to the turn that just ended (one reply at a time: the last one has ended)."""
