@@ -15,7 +15,6 @@ from __future__ import annotations
 import hmac
 import http
 import mimetypes
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -96,6 +95,3 @@ def token_login(request: Request, expected: str | None) -> Response | None:
     return respond(
         http.HTTPStatus.FOUND, b"", "text/plain", (("Location", urlsplit(request.path).path), ("Set-Cookie", cookie))
     )
-
-
-Route = Callable[[Request], Response]
