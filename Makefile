@@ -18,7 +18,7 @@ run: $(STAMP)
 test: $(STAMP) system-deps lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONASYNCIODEBUG=1 $(PY) -m pytest -q $(ARGS)
 
-# Every benchmark by default (results: bench/RESULTS.md); BENCH=capacity (or realtime, webrtc, cluster, voices)
+# Every benchmark by default (results: bench/RESULTS.md); BENCH=capacity (or realtime, webrtc, cluster, voices, uploads)
 # runs one, and ARGS go to each one run.
 BENCH  ?= realtime capacity cluster
 bench: $(STAMP)
