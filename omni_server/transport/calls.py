@@ -106,7 +106,7 @@ class CallEndpoint:
         finally:
             self.manager.forget(call_id)
             await quietly(send(SessionClosed(reason=reason, session_id=call_id)))
-            await ws.close()
+            await close_reading(ws)
             logger.info("call ended", extra={"session_id": call_id, "reason": reason, "transport": self.transport})
 
     async def configure(self, ws: ServerConnection, init: SessionInit, *, video: bool) -> CallConfig:
@@ -180,6 +180,20 @@ def queued(send: Send) -> Callable[[int, float, int], Awaitable[None]]:
         await send(SessionQueued(position=position, estimated_wait_s=wait_s, queue_length=length))
 
     return on_queued
+
+
+async def close_reading(ws: ServerConnection) -> None:
+    """Close the socket, reading and dropping what the client still sends meanwhile: with a few messages
+    unread websockets stops reading the socket, and would not see the client's close frame (10 s wait)."""
+
+    async def drain() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in ws:
+                pass
+
+    async with asyncio.TaskGroup() as closing:
+        closing.create_task(drain(), name="drain")
+        await ws.close()
 
 
 async def quietly(aw: Awaitable[None]) -> None:

@@ -7,6 +7,7 @@ timeout); and nothing a client reports in `client.stats` can break the reader or
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 from omni_server.app import MAX_UNREAD_MESSAGES, OmniServer
 from omni_server.engine.tiny import build_tiny_engine
-from tests.conftest import server_settings
+from tests.conftest import server_settings, timeout
 from tests.integration.realtime_client import RawClient, b64_audio
 from tests.integration.webrtc_client import WebRtcClient
 
@@ -123,3 +124,16 @@ async def test_no_connection_holds_more_than_a_few_unread_messages(server: OmniS
     (connection,) = server._server.connections
     assert connection.max_queue_high == MAX_UNREAD_MESSAGES == 4
     await client.close()
+
+
+async def test_a_call_closes_promptly_while_the_client_keeps_sending(server: OmniServer) -> None:
+    """Frames sent after session.close are read and dropped while the socket closes, so the closing handshake
+    completes at once (a paused reader missed the client's close frame: 10 s)."""
+    client = await RawClient.connect(server)
+    await client.until("session.queue_done")
+    await client.send("session.close")
+    for _ in range(30):
+        await client.send("input.append", input={"audio": b64_audio(np.zeros(160, np.float32))})
+    assert (await client.until("session.closed"))["reason"] == "stopped"
+    async with asyncio.timeout(timeout(3)):  # websockets' close_timeout is 10 s
+        await client.ws.wait_closed()
