@@ -7,10 +7,11 @@ fails, ending the call. And text is paid for in tokens, not characters: a 60,000
 prompt held the shared engine for seconds, and one longer than the context can never fit.
 
 So whoever puts typed text into a message wraps it in `UserText` (with the most tokens it may take),
-and the engine side resolves it with the tokenizer it actually uses (`TextPolicy`): every string the
-tokenizer treats as special (and the processor's placeholders) gets a word joiner (U+2060) after its
-first character, so it stays readable but is tokenized as plain characters; then the tokens are
-counted and a text over its limit is refused with `text_too_long`. A text far longer than any limit
+and the engine side resolves it with the tokenizer it actually uses (`TextPolicy`): control
+characters other than newline and tab are dropped, and every string the tokenizer treats as special
+(and the processor's placeholders) gets a word joiner (U+2060) after its first character, so it stays
+readable but is tokenized as plain characters; then the tokens are counted and a text over its limit
+is refused with `text_too_long`. A text far longer than any limit
 (more than `MAX_CHARS_PER_TOKEN` characters per allowed token) is refused without tokenizing it.
 
 Typed text for any message (instructions, personas, greetings, read-aloud text, chat messages) goes
@@ -22,6 +23,7 @@ Must not import: sockets, websockets, aiortc, omni_server.session, omni_server.t
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +57,8 @@ class TextPolicy:
         self._pattern = re.compile("|".join(map(re.escape, self.special)))
 
     def neutralise(self, text: str) -> str:
-        """`text` with a word joiner after the first character of every special string in it."""
+        """`text` without control characters, and a word joiner after the first character of every special string."""
+        text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
         while True:  # a join can in principle complete a new one around it: repeat until none is left
             joined = self._pattern.sub(lambda m: m.group()[0] + JOINER + m.group()[1:], text)
             if joined == text:

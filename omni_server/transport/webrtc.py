@@ -189,12 +189,19 @@ class WebRtcEndpoint(CallEndpoint):
         await asyncio.to_thread(check_offer, sdp)  # parsed once off the loop; aiortc parses it again, quickly
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[s.for_aiortc() for s in self.ice_servers]))
         try:
-            return await self._call(reader, signal, pc, call_id, config, sdp)
+            return await self._call(ws, reader, signal, pc, call_id, config, sdp)
         finally:
             await _close(pc)
 
     async def _call(
-        self, reader: CallReader, signal: Send, pc: RTCPeerConnection, call_id: str, config: Any, sdp: str
+        self,
+        ws: ServerConnection,
+        reader: CallReader,
+        signal: Send,
+        pc: RTCPeerConnection,
+        call_id: str,
+        config: Any,
+        sdp: str,
     ) -> str:
         events = EventChannel()
         pc.on("datachannel", events.attach)
@@ -213,13 +220,7 @@ class WebRtcEndpoint(CallEndpoint):
         except Exception as e:  # aiortc acting on an offer it parsed but cannot use (its errors are of every kind)
             raise ProtocolError("The WebRTC offer is not valid SDP for a call.", code="invalid_sdp") from e
         await signal(WebRtcAnswer(sdp=pc.localDescription.sdp))
-        try:
-            async with asyncio.timeout(self.settings.webrtc_connect_timeout_s):
-                await events.opened.wait()
-        except TimeoutError:
-            raise ProtocolError(
-                "WebRTC could not connect (no route between the browser and the server).", code="webrtc_failed"
-            ) from None
+        await self._until_connected(ws, pc, events)
 
         send = self.metrics.observe(events.send)
         session = await self.open(call_id, config, send, output_sample_rate=48000, audio_sink=reply_track)
@@ -260,6 +261,37 @@ class WebRtcEndpoint(CallEndpoint):
             finally:
                 for task in tasks:
                     task.cancel()
+
+    async def _until_connected(self, ws: ServerConnection, pc: RTCPeerConnection, events: EventChannel) -> None:
+        """Wait for the data channel, bounded by `--webrtc-connect-timeout-s` and by what happens meanwhile:
+        ICE failing ends the wait at once, and so does the caller hanging up (a page that gave up on WebRTC
+        closes this socket and calls again over the WebSocket: its slot must not stay taken)."""
+        ice_failed = asyncio.Event()
+
+        @pc.on("iceconnectionstatechange")
+        def on_ice() -> None:
+            if pc.iceConnectionState == "failed":
+                ice_failed.set()
+
+        hung_up: asyncio.Future[None] = asyncio.ensure_future(ws.wait_closed())
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(events.opened.wait()),
+            asyncio.ensure_future(ice_failed.wait()),
+            hung_up,
+        ]
+        try:
+            timeout_s = self.settings.webrtc_connect_timeout_s
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if events.opened.is_set():
+            return
+        if hung_up.done() and not hung_up.cancelled():
+            raise SessionEnded("The caller left before WebRTC connected.", code="disconnected")
+        raise ProtocolError(
+            "WebRTC could not connect (no route between the browser and the server).", code="webrtc_failed"
+        )
 
     def _on_channel_message(self, raw: str | bytes, session: CallSession, events: EventChannel) -> None:
         """One client event on the data channel; a bad one gets an `error` back on it."""
