@@ -14,10 +14,11 @@ APT_PACKAGES := espeak-ng sox chromium
 run: $(STAMP)
 	$(PY) -m omni_server $(ARGS)
 
-test: $(STAMP) system-deps
+# Lint and types first (seconds), then every test.
+test: $(STAMP) system-deps lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONASYNCIODEBUG=1 $(PY) -m pytest -q $(ARGS)
 
-# Every benchmark by default (results: bench/RESULTS.md); BENCH=capacity (or realtime, webrtc, cluster, voices, page)
+# Every benchmark by default (results: bench/RESULTS.md); BENCH=capacity (or realtime, webrtc, cluster, voices, page, uploads)
 # runs one, and ARGS go to each one run.
 BENCH  ?= realtime capacity cluster page
 bench: $(STAMP)
@@ -27,9 +28,11 @@ bench: $(STAMP)
 cluster: $(STAMP)
 	$(PY) -m omni_server --cluster auto $(ARGS)
 
+# ruff (rules and formatting) and mypy (strict, as pyproject.toml configures it); part of `make test`.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check omni_server tests bench examples
 	$(VENV)/bin/ruff format --check omni_server tests bench examples
+	$(VENV)/bin/mypy
 
 venv: $(STAMP)
 

@@ -57,9 +57,9 @@ async def converse(base_url: str, question: np.ndarray, *, realtime: bool = True
         await session.send_audio(padded[start : start + step].tobytes())
         await asyncio.sleep(CHUNK_S if realtime else 0.005)
     silence = np.zeros(step, np.float32).tobytes()
-    while not receiver.done():  # keep the microphone open, as a live client would
-        await session.send_audio(silence)
-        await asyncio.sleep(CHUNK_S if realtime else 0.02)
+    while not receiver.done():  # keep the microphone open, as a live client would: in real time (the server
+        await session.send_audio(silence)  # refuses audio sent faster, beyond a 10 s burst)
+        await asyncio.sleep(CHUNK_S)
     await receiver
     await session.close()
     return "".join(text), (np.concatenate(audio) if audio else np.zeros(0, np.float32))

@@ -64,9 +64,9 @@ async def call(
     for piece, jpeg in units + [(silence, last_frame)] * 2:
         await session.send_audio_video(piece.tobytes(), jpeg)
         await asyncio.sleep(1.0 if realtime else 0.05)
-    while not receiver.done():
+    while not receiver.done():  # in real time: the server refuses audio sent faster, beyond a 10 s burst
         await session.send_audio_video(silence.tobytes(), last_frame)
-        await asyncio.sleep(1.0 if realtime else 0.1)
+        await asyncio.sleep(1.0)
     await receiver
     await session.close()
     return "".join(text), (np.concatenate(audio) if audio else np.zeros(0, np.float32))

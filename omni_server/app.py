@@ -42,6 +42,7 @@ from omni_server.engine.worker import EngineWorker
 from omni_server.errors import EngineError
 from omni_server.library.choice import store_for
 from omni_server.library.identity import Identity
+from omni_server.library.store import VoiceStore
 from omni_server.media.vad import SileroVadModel
 from omni_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from omni_server.metrics import ServerMetrics
@@ -57,6 +58,8 @@ from omni_server.transport.websocket import REALTIME_PATH, RealtimeEndpoint
 
 logger = logging.getLogger(__name__)
 EngineLoader = Callable[[], Engine]
+MAX_UNREAD_MESSAGES = 4
+CLOSE_WAIT_S = 1.0  # at shutdown, for a client to answer the server's close after the grace period
 
 
 class RemoteEngines(Protocol):
@@ -65,7 +68,7 @@ class RemoteEngines(Protocol):
     @property
     def info(self) -> EngineInfo: ...
 
-    def session_manager(self, settings: Settings, vad_model: SileroVadModel) -> SessionManager: ...
+    def session_manager(self, settings: Settings, vad_model: SileroVadModel, voices: VoiceStore) -> SessionManager: ...
 
 
 class OmniServer:
@@ -86,8 +89,12 @@ class OmniServer:
         origins = settings.allow_origin.split(",")
         self.guard = ConnectionGuard(self.metrics, max_per_ip=settings.max_connections_per_ip, allowed_origins=origins)
         self.static = web.StaticFiles(settings.web_root)
-        # The library's reads (lists, previews, the page's identity cookie) work while the model loads.
-        self.library = LibraryEndpoint(settings, Identity(Path(settings.data_dir)), store_for(settings))
+        # The one voice library, for calls and the library socket alike; what a killed save left is
+        # swept before anything reads it. Its reads (lists, previews, the page's identity cookie)
+        # work while the model loads.
+        self.voices = store_for(settings)
+        self.voices.sweep()
+        self.library = LibraryEndpoint(settings, Identity(Path(settings.data_dir)), self.voices)
         self.state = "starting"  # starting -> ready | failed; stopping at shutdown
         self.failure: str | None = None
         self._settled = asyncio.Event()  # loading finished, failed, or was abandoned
@@ -124,6 +131,9 @@ class OmniServer:
             process_request=self._process_request,
             subprotocols=[SUBPROTOCOL, LIBRARY_SUBPROTOCOL],  # type: ignore[list-item]
             max_size=self.settings.max_message_bytes,
+            # Received messages a connection may hold unread (websockets' default is 16, so 16 × 8 MiB): every
+            # socket is read all its life, so a few cover bursts; beyond them TCP pushes back on the client.
+            max_queue=MAX_UNREAD_MESSAGES,
             server_header="omni_server",
             create_connection=connection,  # type: ignore[arg-type]
         )
@@ -168,8 +178,8 @@ class OmniServer:
         if isinstance(engine, Engine) or callable(engine):
             loaded = engine if isinstance(engine, Engine) else await _in_daemon_thread(engine)
             worker = EngineWorker(loaded, on_timing=self.metrics.engine_timing, on_speculation=self.metrics.speculation)
-            return SessionManager(self.settings, worker, SileroVadModel())
-        return engine.session_manager(self.settings, SileroVadModel())
+            return SessionManager(self.settings, worker, SileroVadModel(), self.voices)
+        return engine.session_manager(self.settings, SileroVadModel(), self.voices)
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -183,22 +193,24 @@ class OmniServer:
         self.metrics.ready.set(0)
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()  # the loader's thread finishes on its own; nobody waits for it
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._load_task
+            await asyncio.wait([self._load_task])  # (awaiting it would raise its cancellation here)
         self._settled.set()  # callers held while starting are told the server is stopping
         if loaded:
             self.manager.admission.close()
             for session in list(self.manager.sessions.values()):
                 session.close("server_shutdown")
+        await self.library.close_all()  # idle by nature: nothing to wait for
         if self._server is not None:
             grace_s = self.settings.shutdown_grace_s
             self._server.close(close_connections=False)
             try:
                 await asyncio.wait_for(self._server.wait_closed(), grace_s)
             except TimeoutError:
-                logger.warning("calls did not finish within %.1f s of shutdown; closing them", grace_s)
-                self._server.close(close_connections=True)
+                logger.warning("connections still open %.1f s after shutdown began; closing them", grace_s)
+                await _close_connections(self._server)
                 await self._server.wait_closed()
+        if hasattr(self, "manager"):
+            self.manager.voice_preparer.close()
         if hasattr(self, "worker"):
             await asyncio.to_thread(self.worker.close)
 
@@ -282,6 +294,22 @@ async def _in_daemon_thread(fn: EngineLoader) -> Engine:
 
     threading.Thread(target=run, name="engine-loader", daemon=True).start()
     return await future
+
+
+async def _close_connections(server: Server) -> None:
+    """Close every connection (websockets' own `close(close_connections=True)` does nothing once `close` has run):
+    a going-away close, and whoever has not answered it within `CLOSE_WAIT_S` is cut off."""
+    connections = list(server.connections)
+    if not connections:
+        return
+    closing = [asyncio.create_task(c.close(1001, "The server is shutting down.")) for c in connections]
+    _, late = await asyncio.wait(closing, timeout=CLOSE_WAIT_S)
+    for task in late:
+        task.cancel()
+    for connection in list(server.all_connections):  # also those stuck in a closing handshake
+        connection.transport.abort()  # a no-op for a connection already closed
+    if late:
+        await asyncio.wait(late)
 
 
 def _raw_sender(ws: ServerConnection) -> Send:

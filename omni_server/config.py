@@ -50,6 +50,9 @@ class Settings:
     max_sessions: int = _opt(8, "Concurrent calls one model serves; more callers wait in the queue.")
     max_queue: int = _opt(16, "Callers allowed to wait; beyond that new calls are refused.")
     max_new_tokens: int = _opt(256, "Longest reply, in LLM tokens.")
+    max_prompt_tokens: int = _opt(
+        2048, "Longest instructions a call may give (system prompt, instructions and persona), in LLM tokens."
+    )
     max_context_tokens: int = _opt(8192, "Context the model was trained to; older turns are dropped beyond it.")
     max_call_s: float = _opt(1800.0, "Longest call, in seconds.")
     reply_lead_in_max_ms: int = _opt(
@@ -59,6 +62,9 @@ class Settings:
         "never runs dry after the first chunk.",
     )
     idle_timeout_s: float = _opt(120.0, "A call that sends no audio for this long is closed.")
+    init_timeout_s: float = _opt(
+        30.0, "Time a caller has after session.queue_done to send session.init (and its offer)."
+    )
     # Capacity (docs/capacity.md): the KV memory budget admission counts against, besides max_sessions.
     kv_budget_gb: float = _opt(
         0.0,
@@ -94,6 +100,9 @@ class Settings:
     # Limits on what clients send.
     max_message_bytes: int = _opt(8 * 1024 * 1024, "Largest WebSocket message.")
     max_append_s: float = _opt(5.0, "Most audio one input.append may carry, in seconds.")
+    max_input_burst_s: float = _opt(
+        10.0, "Audio a call may send ahead of real time before pieces are refused (rate_limited); 0: no limit."
+    )
     max_frame_bytes: int = _opt(2 * 1024 * 1024, "Largest camera frame (JPEG bytes).")
     max_frame_pixels: int = _opt(4096 * 2304, "Largest camera frame (pixels).")
     # WebRTC (the page's default media path; docs/webrtc.md).
@@ -256,12 +265,18 @@ def _validated(s: Settings) -> Settings:
         (0 <= s.reply_lead_in_max_ms <= 2000, "reply_lead_in_max_ms must be 0..2000"),
         (1024 <= s.max_context_tokens, "max_context_tokens must be at least 1024"),
         (16 <= s.max_new_tokens < s.max_context_tokens // 2, "max_new_tokens must be 16..max_context_tokens/2"),
+        (0 < s.max_prompt_tokens <= s.max_context_tokens // 2, "max_prompt_tokens must be 1..max_context_tokens/2"),
         ((s.cert is None) == (s.key is None), "--cert and --key go together"),
         (all(map(_ice_server_ok, s.ice_server)), "ice_server must be stun:HOST:PORT or turn:USER:CREDENTIAL@HOST:PORT"),
         (_port_range_ok(s.webrtc_ports), "webrtc_ports must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535"),
         (s.max_voice_bytes > 0, "max_voice_bytes must be positive"),
         (s.max_connections_per_ip >= 1, "max_connections_per_ip must be at least 1"),
         (s.send_timeout_s > 0 and s.shutdown_grace_s >= 0, "send_timeout_s must be > 0 and shutdown_grace_s >= 0"),
+        (s.init_timeout_s > 0, "init_timeout_s must be > 0"),
+        (
+            s.max_input_burst_s == 0 or s.max_input_burst_s >= s.max_append_s,
+            "max_input_burst_s must be 0 or >= max_append_s",
+        ),
         (s.log_level in ("debug", "info", "warning", "error"), "log_level must be debug, info, warning or error"),
     ]
     for ok, message in checks:

@@ -85,10 +85,10 @@ class SessionClose:
 
 @dataclass(frozen=True)
 class ClientStats:
-    """Ours: what the client's player saw (playback gaps), for metrics."""
+    """Ours: what the client's player saw (playback gaps), for metrics; running totals for the call."""
 
-    underruns: int = 0
-    played_s: float = 0.0
+    underruns: int = 0  # 0..MAX_UNDERRUNS
+    played_s: float = 0.0  # 0..MAX_PLAYED_S
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,9 @@ class WebRtcOffer:
     sdp: str
 
 
+# A call is at most hours long: one underrun per 20 ms frame of a day is still far below these.
+MAX_UNDERRUNS = 10_000_000
+MAX_PLAYED_S = 7 * 24 * 3600.0
 MAX_TYPED_CHARS = 2000
 
 
@@ -123,6 +126,8 @@ def decode_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
         raise ProtocolError(f"Message is not valid JSON ({e.msg} at position {e.pos}).", code="invalid_json") from e
     except RecursionError as e:  # json recurses per nesting level; a deep message must not kill the reader
         raise ProtocolError("Message is nested too deeply.", code="invalid_json") from e
+    except ValueError as e:  # an integer of more than 4300 digits (Python's guard against slow conversions)
+        raise ProtocolError("Message holds a number too long to read.", code="invalid_json") from e
     if not isinstance(obj, dict):
         raise ProtocolError("Message must be a JSON object with a 'type'.", code="invalid_json")
     kind = obj.get("type")
@@ -138,7 +143,8 @@ def decode_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
         return SessionClose(reason=_opt(obj, "reason", str) or "user_stop")
     if kind == "client.stats":
         return ClientStats(
-            underruns=_opt(obj, "underruns", int) or 0, played_s=float(_opt(obj, "played_s", float) or 0.0)
+            underruns=_bounded(obj, "underruns", int, MAX_UNDERRUNS),
+            played_s=float(_bounded(obj, "played_s", float, MAX_PLAYED_S)),
         )
     if kind == "webrtc.offer":
         sdp = _opt(obj, "sdp", str)
@@ -228,6 +234,14 @@ def _opt(obj: dict[str, Any], key: str, kind: type) -> Any:
         raise ProtocolError(f"Field {key!r} must be of type {kind.__name__}.")
     if kind is float and not abs(value) < 1e300:  # NaN, infinities, and ints too big for a float
         raise ProtocolError(f"Field {key!r} must be a finite number.")
+    return value
+
+
+def _bounded(obj: dict[str, Any], key: str, kind: type, most: float) -> Any:
+    """An optional count or total (0 when absent), from 0 to `most`."""
+    value = _opt(obj, key, kind) or 0
+    if not 0 <= value <= most:
+        raise ProtocolError(f"Field {key!r} must be from 0 to {most:g}.")
     return value
 
 

@@ -67,6 +67,7 @@ async def stream(
         language=language,
         max_new_tokens=max_new_tokens,
         max_pending_audio_s=len(units) + 1.0,  # the whole file is queued at once
+        input_burst_s=None,  # ... which no live caller may do
     )
     session = CallSession("file", worker, config, send, SileroVadModel())
     await session.start()

@@ -69,3 +69,29 @@ def encode(samples_16k: npt.NDArray[np.float32], ext: str, *, video: bool = Fals
             for packet in vstream.encode(None):
                 out.mux(packet)
     return bytes(sink.data) if live else buf.getvalue()
+
+
+def flac_bomb(rate_hz: int, *, frames: int = 1, block: int = 65_535) -> bytes:
+    """A FLAC of `frames` constant blocks (13 bytes each) declaring `rate_hz` and an unknown length.
+
+    One 65 535-sample block at 16 Hz is 4096 s: 55 bytes that resample to 65 M samples at 16 kHz."""
+    info = 4096
+    for value, bits in ((block, 16), (0, 24), (0, 24), (rate_hz, 20), (0, 3), (15, 5), (0, 36), (0, 128)):
+        info = (info << bits) | value  # max block, frame sizes unknown, rate, mono, 16-bit, length unknown, no MD5
+    data = b"fLaC" + bytes([0x80, 0, 0, 34]) + info.to_bytes(34, "big")
+    for n in range(frames):
+        # Fixed blocking, block size in 16 bits after the header, rate and depth from STREAMINFO, mono.
+        head = bytes([0xFF, 0xF8, 0x70, 0x00, n]) + (block - 1).to_bytes(2, "big")
+        frame = head + bytes([_crc(head, 8, 0x07)]) + bytes([0x00]) + (0x1000).to_bytes(2, "big")  # CONSTANT
+        data += frame + _crc(frame, 16, 0x8005).to_bytes(2, "big")
+    return data
+
+
+def _crc(data: bytes, width: int, poly: int) -> int:
+    """FLAC's CRC-8 (header) and CRC-16 (frame): MSB first, initial value 0."""
+    crc, top, mask = 0, 1 << (width - 1), (1 << width) - 1
+    for byte in data:
+        crc ^= byte << (width - 8)
+        for _ in range(8):
+            crc = ((crc << 1) ^ poly) & mask if crc & top else (crc << 1) & mask
+    return crc

@@ -20,7 +20,6 @@ Must not import: websockets, aiortc, omni_server.session, omni_server.transport.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import deque
@@ -230,9 +229,11 @@ class RemoteReply:
         for task in pending:
             if cancel:
                 task.cancel()
+        if pending:
+            await asyncio.wait(pending)
         for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, OmniError):
-                await task
+            if not task.cancelled():
+                task.exception()  # retrieved and dropped: a request asked ahead of a reply that has ended
 
 
 def _engine_lost() -> SessionEnded:

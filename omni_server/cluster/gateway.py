@@ -32,6 +32,7 @@ from omni_server.config import Settings
 from omni_server.engine.base import EngineInfo
 from omni_server.engine.client import EngineClient
 from omni_server.errors import EngineError
+from omni_server.library.store import VoiceStore
 from omni_server.media.vad import SileroVadModel
 from omni_server.session.manager import SessionManager
 
@@ -77,8 +78,10 @@ class ClusterEngines:
             window=s.cluster_reply_window,
         )
 
-    def session_manager(self, settings: Settings, vad_model: SileroVadModel) -> ClusterSessionManager:
-        return ClusterSessionManager(settings, self, vad_model)
+    def session_manager(
+        self, settings: Settings, vad_model: SileroVadModel, voices: VoiceStore
+    ) -> ClusterSessionManager:
+        return ClusterSessionManager(settings, self, vad_model, voices)
 
     @contextlib.asynccontextmanager
     async def watching(self) -> AsyncIterator[ClusterEngines]:
@@ -151,8 +154,10 @@ class ClusterEngines:
 class ClusterSessionManager(SessionManager):
     """Sessions pinned to replicas, admitted against the whole cluster's capacity."""
 
-    def __init__(self, settings: Settings, engines: ClusterEngines, vad_model: SileroVadModel) -> None:
-        super().__init__(settings, engines.client(None), vad_model)
+    def __init__(
+        self, settings: Settings, engines: ClusterEngines, vad_model: SileroVadModel, voices: VoiceStore
+    ) -> None:
+        super().__init__(settings, engines.client(None), vad_model, voices)
         self.engines = engines
         self.admission.resize(engines.pool.capacity)
         engines.pool.on_capacity = self.admission.resize

@@ -56,7 +56,8 @@ from omni_server.engine.base import (
     context_tokens,
     to_output_chunk,
 )
-from omni_server.errors import EngineError
+from omni_server.engine.text import TextPolicy
+from omni_server.errors import EngineError, OmniError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,6 +114,7 @@ class EngineWorker:
         self._active: Conversation | None = None
         self._stopping = False
         self.busy_s = 0.0  # total model time, for utilisation metrics
+        self.text = TextPolicy(engine.tokenizer)
         self._thread = threading.Thread(target=self._run_loop, name="engine-worker", daemon=True)
         self._thread.start()
 
@@ -213,7 +215,8 @@ class EngineWorker:
         tokenizer = self.engine.tokenizer
 
         def call(model: OmniModel) -> int:
-            model.streaming_prefill(conv.id, msgs, tokenizer, **kwargs)
+            # Typed text is counted and made inert here, with the model's own tokenizer (engine/text.py).
+            model.streaming_prefill(conv.id, self.text.resolve_messages(msgs), tokenizer, **kwargs)
             return context_tokens(model)
 
         return await self.run(conv, call, deadline=deadline, kind="prefill")
@@ -455,7 +458,7 @@ def _deliver(future: asyncio.Future[Any], result: Any) -> None:
 def _deliver_error(future: asyncio.Future[Any], exc: BaseException) -> None:
     if future.cancelled():
         return
-    if isinstance(exc, EngineError):
+    if isinstance(exc, OmniError):  # the engine's own refusal or failure, already in the caller's terms
         future.set_exception(exc)
         return
     logger.error("model call failed", exc_info=exc)

@@ -7,11 +7,14 @@ makes the call a role-play: its persona goes after the model's own `audio_rolepl
 greeting is spoken first. A shared character brings its voice with it (its owner chose to share
 both); a voice id alone must be the caller's own or shared.
 
-Synchronous (file reads, decoding): callers run it in a thread. Must not import: torch, websockets.
+Decoding and preparing a reference runs on the `VoicePreparer`'s threads, library reads and base64
+decoding on the default executor: nothing here blocks the event loop. Must not import: torch,
+websockets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from dataclasses import dataclass
@@ -21,12 +24,11 @@ import numpy as np
 import numpy.typing as npt
 
 from omni_server.config import Settings
-from omni_server.errors import NotFound, PayloadTooLarge, ProtocolError
-from omni_server.library.reference import voice_from_file, voice_from_pcm
+from omni_server.errors import NotFound, PayloadTooLarge, ProtocolError, from_media
+from omni_server.library.preparer import VoicePreparer
 from omni_server.library.store import LibraryLimits, VoiceStore
 from omni_server.media.audio_file import DecodeLimits
 from omni_server.media.pcm import decode_f32_base64
-from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import SessionInit
 
 MAX_PCM_REFERENCE_S = 60.0
@@ -57,33 +59,26 @@ def decode_limits_for(settings: Settings) -> DecodeLimits:
     )
 
 
-def choose_voice(
-    init: SessionInit, user: str | None, store: VoiceStore, vad: SileroVadModel, limits: DecodeLimits
-) -> VoiceChoice:
+async def choose_voice(init: SessionInit, user: str | None, store: VoiceStore, prepare: VoicePreparer) -> VoiceChoice:
     """Resolve the voice sources of `init` for `user`; raise an `OmniError` that says what is wrong."""
     given = [x for x in (init.ref_audio_base64, init.ref_audio_file_base64, init.voice_id) if x]
     if len(given) > 1:
         raise ProtocolError("Give one voice: ref_audio_base64, ref_audio_file_base64 or voice_id.")
     ref = None
     if init.ref_audio_base64:
-        pcm = decode_f32_base64(init.ref_audio_base64, max_samples=int(MAX_PCM_REFERENCE_S * 16_000))
-        ref = voice_from_pcm(pcm, vad).samples
+        pcm = await asyncio.to_thread(_pcm, init.ref_audio_base64)
+        ref = (await prepare.from_pcm(pcm)).samples
     elif init.ref_audio_file_base64:
-        if len(init.ref_audio_file_base64) > limits.max_bytes * 4 // 3 + 4:
-            raise PayloadTooLarge("The voice file is over the size limit.")
-        try:
-            data = base64.b64decode(init.ref_audio_file_base64, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise ProtocolError("voice.ref_audio_file_base64 is not valid base64.") from e
-        ref = voice_from_file(data, "", limits, vad).samples
+        data = await asyncio.to_thread(_file, init.ref_audio_file_base64, prepare.limits)
+        ref = (await prepare.from_file(data, "")).samples
     elif init.voice_id:
-        ref = store.reference(init.voice_id, user)
+        ref = await asyncio.to_thread(store.reference, init.voice_id, user)
     if not init.character_id:
         return VoiceChoice(ref_audio=ref, conversation_mode=init.conversation_mode)
-    character = store.character(init.character_id, user)
+    character = await asyncio.to_thread(store.character, init.character_id, user)
     if ref is None and character.voice_id:
         try:
-            ref = store.reference(character.voice_id, character.owner)
+            ref = await asyncio.to_thread(store.reference, character.voice_id, character.owner)
         except NotFound as e:
             raise NotFound(f"The voice of {character.name!r} has been deleted; choose another voice.") from e
     return VoiceChoice(
@@ -92,3 +87,17 @@ def choose_voice(
         persona=character.persona,
         greeting=(character.greeting or None) if init.greet else None,
     )
+
+
+def _pcm(text: str) -> npt.NDArray[np.float32]:
+    with from_media():
+        return decode_f32_base64(text, max_samples=int(MAX_PCM_REFERENCE_S * 16_000))
+
+
+def _file(text: str, limits: DecodeLimits) -> bytes:
+    if len(text) > limits.max_bytes * 4 // 3 + 4:
+        raise PayloadTooLarge("The voice file is over the size limit.")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ProtocolError("voice.ref_audio_file_base64 is not valid base64.") from e

@@ -8,8 +8,13 @@ Layout under the data directory (created on first write):
 
 Every file is written to a temporary name and renamed into place, and a voice's metadata is written
 after its audio and removed before it, so a crash or a refused write never leaves half a voice that
-lists. Ownership: a voice or character is visible to its owner, and to everyone when `shared`; only
-the owner may change or delete it. Anything else reads as "not found" (nobody learns what others
+lists. Everything a write needs (names checked, bytes serialised) is ready before the first byte is
+written; a write the disk refuses (full, over quota) removes what it had written and answers
+`StorageFull`; and `sweep()` at start-up removes what a killed process left (temporaries, audio
+without metadata, metadata without audio), which would otherwise count towards the total quota.
+
+Ownership: a voice or character is visible to its owner, and to everyone when `shared`; only the
+owner may change or delete it. Anything else reads as "not found" (nobody learns what others
 have). The three example characters ship with the package, read-only, and use the built-in voice.
 
 Blocking file I/O: the transport calls these methods through `asyncio.to_thread`; one lock keeps
@@ -19,7 +24,9 @@ limits and writes consistent. Must not import: torch, the engine, websockets.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import logging
 import os
 import re
 import secrets
@@ -33,9 +40,10 @@ import numpy as np
 import numpy.typing as npt
 import soundfile as sf
 
-from omni_server.errors import LimitReached, NotFound, ProtocolError
+from omni_server.errors import LimitReached, NotFound, ProtocolError, StorageFull
 from omni_server.media.voice_prep import PreparedVoice
 
+logger = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = 16_000
 EXAMPLES_PATH = Path(__file__).with_name("characters.json")
 MAX_NAME_CHARS = 60
@@ -44,6 +52,8 @@ MAX_GREETING_CHARS = 300
 _Owned = TypeVar("_Owned", "Voice", "Character")
 _VOICE_ID = re.compile(r"^v[0-9a-f]{16}$")
 _CHARACTER_ID = re.compile(r"^(c[0-9a-f]{16}|example-[a-z-]+)$")
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # as `_write_atomic` names them
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,22 @@ class VoiceStore:
         self._lock = threading.Lock()
         self._examples = [Character(**card) for card in json.loads(EXAMPLES_PATH.read_text("utf-8"))]
 
+    def sweep(self) -> int:
+        """Remove what an interrupted save left behind; call it at start-up, before serving. Returns the count."""
+        removed: list[Path] = []
+        with self._lock:
+            voices = self._dir("voices")
+            for kind in ("voices", "characters"):
+                removed += [p for p in self._dir(kind).glob(".*.tmp") if _TEMPORARY.match(p.name)]
+            wavs, metas = ({p.stem: p for p in voices.glob(f"v*.{ext}")} for ext in ("wav", "json"))
+            removed += [path for stem, path in wavs.items() if _VOICE_ID.match(stem) and stem not in metas]
+            removed += [path for stem, path in metas.items() if _VOICE_ID.match(stem) and stem not in wavs]
+            for path in removed:
+                path.unlink(missing_ok=True)
+        if removed:
+            logger.warning("voice library: removed %d files an interrupted save left behind", len(removed))
+        return len(removed)
+
     # ---- voices --------------------------------------------------------------------------------------
 
     def list_voices(self, user: str | None) -> list[Voice]:
@@ -126,6 +152,7 @@ class VoiceStore:
         name = _clean(name, "name", MAX_NAME_CHARS, required=True)
         _check_language(language)
         pcm = (np.clip(prepared.samples, -1.0, 1.0) * 32767).astype("<i2")
+        wav = _wav_bytes(pcm)
         voice = Voice(
             id="v" + secrets.token_hex(8),
             name=name,
@@ -136,17 +163,15 @@ class VoiceStore:
             owner=user,
             shared=shared,
         )
+        meta = _json_bytes(voice)
         folder = self._dir("voices")
         with self._lock:
             mine = [v for v in self._all_voices() if v.owner == user]
             if len(mine) >= self.limits.max_voices_per_user:
                 raise LimitReached(f"You have {len(mine)} voices, the most allowed. Delete one before adding another.")
-            size = 44 + pcm.nbytes
-            if self._total_bytes() + size > self.limits.max_total_bytes:
+            if self._total_bytes() + len(wav) + len(meta) > self.limits.max_total_bytes:
                 raise LimitReached("The server's voice library is full. Ask its operator to make room.")
-            folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(folder / f"{voice.id}.wav", _wav_bytes(pcm))
-            _write_atomic(folder / f"{voice.id}.json", _json_bytes(voice))
+            _write_together(folder, {f"{voice.id}.wav": wav, f"{voice.id}.json": meta})
         return voice
 
     def update_voice(self, user: str | None, voice_id: str, *, name: str | None, shared: bool | None) -> Voice:
@@ -156,7 +181,7 @@ class VoiceStore:
                 voice = dataclasses.replace(voice, name=_clean(name, "name", MAX_NAME_CHARS, required=True))
             if shared is not None:
                 voice = dataclasses.replace(voice, shared=shared)
-            _write_atomic(self._dir("voices") / f"{voice.id}.json", _json_bytes(voice))
+            _write_together(self._dir("voices"), {f"{voice.id}.json": _json_bytes(voice)})
         return voice
 
     def delete_voice(self, user: str | None, voice_id: str) -> None:
@@ -207,8 +232,7 @@ class VoiceStore:
                 character = Character(id="c" + secrets.token_hex(8), created=time.time(), owner=user, **values)
             else:
                 character = dataclasses.replace(self._own(self.character(character_id, user), user), **values)
-            folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(folder / f"{character.id}.json", _json_bytes(character))
+            _write_together(folder, {f"{character.id}.json": _json_bytes(character)})
         return character
 
     def delete_character(self, user: str | None, character_id: str) -> None:
@@ -257,6 +281,22 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _write_together(folder: Path, files: dict[str, bytes]) -> None:
+    """Write `files` in order, each atomically; if the disk refuses one, remove those written before it."""
+    written: list[Path] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            _write_atomic(folder / name, data)
+            written.append(folder / name)
+    except OSError as e:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if e.errno in _DISK_FULL:
+            raise StorageFull("The server's disk is full, so nothing was saved. Ask its operator to make room.") from e
+        raise
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
@@ -295,6 +335,10 @@ def _clean(value: Any, field: str, limit: int, *, required: bool = False, multil
     allowed = "\n\t" if multiline else ""
     if any(ord(ch) < 32 and ch not in allowed for ch in text):
         raise ProtocolError(f"{field} has control characters in it.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate, as a JSON "\\ud800" escape gives
+        raise ProtocolError(f"{field} is not valid Unicode text.") from e
     if required and not text:
         raise ProtocolError(f"Give a {field}.")
     if len(text) > limit:

@@ -1,8 +1,11 @@
 """Untrusted audio files (wav, mp3, m4a/aac, ogg/opus, webm, flac) → mono 16 kHz float32, with hard bounds.
 
-A voice upload is attacker-controlled bytes, so decoding is bounded three ways before and while it runs:
-the input size, the decoded duration (a 2-hour file, or a tiny container that expands to hours of
-samples, is cut off at `max_duration_s` of output and refused, never decoded whole) and the wall time.
+A voice upload is attacker-controlled bytes, so decoding is bounded before and while it runs: the
+input size; the stream's declared sample rate and channel count (refused outside what a recording
+can have, before anything is decoded); the duration, counted in *input* samples at each frame's own
+rate before that frame is resampled (a 55-byte FLAC declaring 16 Hz holds 4096 s in one frame that
+would resample to 65 M samples, so output is never where the bound is checked first); the resampler's
+output per frame; and the wall time.
 The container format is chosen here from the file's first bytes and handed to PyAV explicitly, so
 ffmpeg never probes its way into a demuxer we did not list (playlists, image sequences, ...).
 
@@ -22,9 +25,17 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 
+from omni_server.media.errors import MediaError
+
 __all__ = ["AudioFileError", "DecodeLimits", "decode_audio_file", "sniff_format", "ACCEPTED_CONTENT_TYPES"]
 
 SAMPLE_RATE_HZ = 16_000
+# What a real recording has: telephony's 8 kHz down to old 4 kHz dictation, up to 384 kHz studio files.
+MIN_INPUT_RATE_HZ = 4_000
+MAX_INPUT_RATE_HZ = 384_000
+MAX_CHANNELS = 8
+# One decoded frame may resample to at most this much output (FLAC's largest block at 4 kHz is 16.4 s).
+MAX_FRAME_OUTPUT_S = 20.0
 # What the page and API clients may declare; "" or application/octet-stream means "look at the bytes".
 ACCEPTED_CONTENT_TYPES = frozenset(
     {
@@ -50,8 +61,10 @@ ACCEPTED_CONTENT_TYPES = frozenset(
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
 
 
-class AudioFileError(ValueError):
+class AudioFileError(MediaError):
     """The file cannot be used as a voice; the message says why in plain words, for the person uploading."""
+
+    kind = "voice"
 
 
 @dataclass(frozen=True)
@@ -110,24 +123,24 @@ def decode_audio_file(
     if not data:
         raise AudioFileError("The file is empty.")
     fmt = sniff_format(data)
-    max_samples = int(limits.max_duration_s * SAMPLE_RATE_HZ)
     started = clock()
     pieces: list[npt.NDArray[np.float32]] = []
-    total = 0
+    input_s = 0.0  # decoded so far, at each frame's own rate: checked before the frame is resampled
     try:
         with av.open(io.BytesIO(data), mode="r", format=fmt) as container:
             stream = _audio_stream(container, limits)
             resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE_HZ)
             for packet in container.demux(stream):
                 for frame in packet.decode():
+                    input_s += _frame_s(frame)
+                    if input_s > limits.max_duration_s:
+                        raise AudioFileError(_too_long(limits))
                     for out in resampler.resample(frame):
-                        total += _take(out, pieces)
-                if total > max_samples:
-                    raise AudioFileError(_too_long(limits))
+                        _take(out, pieces)
                 if clock() - started > limits.max_decode_s:
                     raise AudioFileError("The file took too long to decode; try a shorter or simpler recording.")
             for out in resampler.resample(None):
-                total += _take(out, pieces)
+                _take(out, pieces)
     except av.error.FFmpegError as e:
         raise AudioFileError("The file is damaged or incomplete and could not be decoded.") from e
     except AudioFileError:
@@ -150,13 +163,32 @@ def _audio_stream(container: av.container.InputContainer, limits: DecodeLimits) 
         raise AudioFileError("The file has no audio in it.")
     if container.duration is not None and container.duration / av.time_base > limits.max_duration_s + 1.0:
         raise AudioFileError(_too_long(limits))  # the header says so: refuse before decoding anything
-    return container.streams.audio[0]
+    stream = container.streams.audio[0]
+    # Declared values, before any sample is decoded (0 where the container leaves them to the frames).
+    _check_shape(stream.codec_context.sample_rate or None, stream.codec_context.channels or None)
+    return stream
 
 
-def _take(frame: av.AudioFrame, pieces: list[npt.NDArray[np.float32]]) -> int:
-    piece = np.asarray(frame.to_ndarray(), dtype=np.float32).reshape(-1)
-    pieces.append(piece)
-    return int(piece.size)
+def _check_shape(rate_hz: int | None, channels: int | None) -> None:
+    if rate_hz is not None and not MIN_INPUT_RATE_HZ <= rate_hz <= MAX_INPUT_RATE_HZ:
+        raise AudioFileError(
+            f"The file declares a sample rate of {rate_hz} Hz, which no recording has "
+            f"({MIN_INPUT_RATE_HZ // 1000} to {MAX_INPUT_RATE_HZ // 1000} kHz are accepted)."
+        )
+    if channels is not None and not 1 <= channels <= MAX_CHANNELS:
+        raise AudioFileError(f"The file declares {channels} channels; at most {MAX_CHANNELS} are accepted.")
+
+
+def _frame_s(frame: av.AudioFrame) -> float:
+    """A decoded frame's duration at its own rate, after checking it (a frame may change the rate)."""
+    _check_shape(frame.sample_rate, len(frame.layout.channels))
+    if frame.samples > MAX_FRAME_OUTPUT_S * frame.sample_rate:  # its output at 16 kHz would be over the cap
+        raise AudioFileError("The file is damaged: one of its frames is far longer than any encoder writes.")
+    return frame.samples / frame.sample_rate
+
+
+def _take(frame: av.AudioFrame, pieces: list[npt.NDArray[np.float32]]) -> None:
+    pieces.append(np.asarray(frame.to_ndarray(), dtype=np.float32).reshape(-1))
 
 
 def _too_long(limits: DecodeLimits) -> str:

@@ -17,6 +17,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from omni_server.media.errors import MediaError
+
 __all__ = ["ACCEPTED_FORMATS", "ImageFormatError", "decode_image", "encode_jpeg", "frame_to_image"]
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
@@ -34,8 +36,10 @@ _DECODE_ERRORS = (
 )
 
 
-class ImageFormatError(ValueError):
+class ImageFormatError(MediaError):
     """An image payload from a client is unusable; the message is user-safe."""
+
+    kind = "image"
 
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:

@@ -16,6 +16,8 @@ import binascii
 import numpy as np
 import numpy.typing as npt
 
+from omni_server.media.errors import MediaError
+
 __all__ = ["AudioFormatError", "decode_f32_base64", "encode_f32_base64", "f32_to_s16", "s16_to_f32"]
 
 _BYTES_PER_SAMPLE = 4
@@ -23,7 +25,7 @@ _S16_SCALE = 32768.0
 _WIRE_DTYPE = np.dtype("<f4")
 
 
-class AudioFormatError(ValueError):
+class AudioFormatError(MediaError):
     """An audio payload from a client is not what the protocol promises; the message is user-safe."""
 
 

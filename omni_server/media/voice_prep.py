@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from omni_server.media.errors import MediaError
 from omni_server.media.vad import SAMPLE_RATE_HZ, WINDOW_SAMPLES, SileroVadModel, VadStream
 
 __all__ = ["PreparedVoice", "VoiceRejected", "prepare_reference"]
@@ -40,8 +41,10 @@ PEAK_LIMIT = 0.95
 Samples = npt.NDArray[np.float32]
 
 
-class VoiceRejected(ValueError):
+class VoiceRejected(MediaError):
     """The audio cannot serve as a voice; the message tells the person what to do instead."""
+
+    kind = "voice"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ import numpy as np
 
 from omni_server.config import Settings
 from omni_server.engine.client import EngineClient
-from omni_server.library.choice import choose_voice, decode_limits_for, store_for
+from omni_server.library.choice import choose_voice, decode_limits_for
+from omni_server.library.preparer import VoicePreparer
+from omni_server.library.store import VoiceStore
 from omni_server.media.smart_turn import SmartTurnModel
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import Send, SessionInit
@@ -35,7 +37,9 @@ logger = logging.getLogger(__name__)
 class SessionManager:
     """Makes calls from `session.init` and keeps the live ones (for shutdown and metrics)."""
 
-    def __init__(self, settings: Settings, worker: EngineClient[Any], vad_model: SileroVadModel) -> None:
+    def __init__(
+        self, settings: Settings, worker: EngineClient[Any], vad_model: SileroVadModel, voices: VoiceStore
+    ) -> None:
         self.settings = settings
         self.worker = worker
         self.vad_model = vad_model
@@ -53,8 +57,8 @@ class SessionManager:
         self.sessions: dict[str, CallSession] = {}
         # Smart Turn, loaded once and shared by every call (its runs are thread-safe).
         self.turn_model = SmartTurnModel() if settings.turn_model else None
-        self.voices = store_for(settings)
-        self.decode_limits = decode_limits_for(settings)
+        self.voices = voices  # the server's one library, shared with its library endpoint
+        self.voice_preparer = VoicePreparer(decode_limits_for(settings), vad_model)
         # One start-up hold for the engine's calls: it measures how the engine delivers a reply's chunks.
         lead_in_max_s = settings.reply_lead_in_max_ms / 1000
         self.lead_in = LeadIn(margin_s=min(0.04, lead_in_max_s), max_s=lead_in_max_s) if lead_in_max_s else None
@@ -66,13 +70,11 @@ class SessionManager:
     def new_call_id(self) -> str:
         return f"rt_{int(time.time() * 1000)}_{secrets.token_hex(3)}"
 
-    def call_config(self, init: SessionInit, *, video: bool, user: str | None = None) -> CallConfig:
-        """Resolve a client's `session.init` against the server's settings, limits and `user`'s library.
-
-        Blocking (a voice is read or decoded): call it in a thread."""
+    async def call_config(self, init: SessionInit, *, video: bool, user: str | None = None) -> CallConfig:
+        """Resolve a client's `session.init` against the server's settings, limits and `user`'s library."""
         s = self.settings
         td = init.turn_detection
-        voice = choose_voice(init, user, self.voices, self.vad_model, self.decode_limits)
+        voice = await choose_voice(init, user, self.voices, self.voice_preparer)
         ref = voice.ref_audio
         instructions = "\n".join(t for t in (voice.persona, init.system_prompt, init.instructions) if t) or None
         max_new_tokens = s.max_new_tokens if init.max_tokens is None else max(1, min(init.max_tokens, s.max_new_tokens))
@@ -114,6 +116,8 @@ class SessionManager:
             max_context_tokens=max_context,
             max_call_s=s.max_call_s,
             idle_timeout_s=s.idle_timeout_s,
+            input_burst_s=s.max_input_burst_s or None,
+            max_prompt_tokens=s.max_prompt_tokens,
         )
 
     def engine_for(self, call_id: str) -> EngineClient[Any]:

@@ -2,8 +2,8 @@
 
 With a reference, MiniCPM-o's `voice_cloning` mode puts it in the system turn ("Clone the voice in the
 provided audio prompt." + audio); without one, `audio_assistant` speaks in its built-in voice. The user
-turn asks it to read the text (made plain: typed text cannot smuggle in special tokens, see
-typed_text.py), and the reply's speech is the reading. The conversation is released as soon as the
+turn asks it to read the text (`UserText`: typed text cannot smuggle in special tokens, see
+engine/text.py), and the reply's speech is the reading. The conversation is released as soon as the
 reading ends or its consumer stops.
 
 Must not import: websockets, aiortc, torch.
@@ -19,8 +19,8 @@ import numpy.typing as npt
 
 from omni_server.engine.base import OutputChunk
 from omni_server.engine.client import EngineClient
+from omni_server.engine.text import UserText
 from omni_server.errors import ProtocolError
-from omni_server.session.typed_text import plain_text
 
 MAX_TEXT_CHARS = 1000
 READ_PROMPT = {"en": "Please read the text below.", "zh": "请朗读下面的文字。"}
@@ -52,7 +52,8 @@ async def read_aloud(
     try:
         system = await worker.run(conv, lambda m: m.get_sys_prompt(ref_audio=ref_audio, mode=mode, language=language))
         await worker.prefill(conv, [system])
-        await worker.prefill(conv, [{"role": "user", "content": [READ_PROMPT[language] + "\n" + plain_text(text)]}])
+        typed = UserText(READ_PROMPT[language] + "\n" + text)  # the model's control strings in it made inert
+        await worker.prefill(conv, [{"role": "user", "content": [typed]}])
         stream = await worker.reply(conv, max_new_tokens=max_new_tokens, generate_audio=True)
         try:
             while (chunk := await stream.next()) is not None:

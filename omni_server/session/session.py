@@ -30,7 +30,7 @@ starts playing (noise, or its own echo, would otherwise cut it before it is hear
 still stops it.
 
 Typed messages (`text_turn`) end the user's turn like speech would: the model gets the text as a user
-text turn (made plain, see typed_text.py) after any audio of the turn, and replies.
+text turn (its control strings made inert by the engine: engine/text.py) after any audio of the turn, and replies.
 
 Context: MiniCPM-o was trained to 8192 tokens and never truncates its cache. When the next unit plus a
 reply would not fit, the call rolls over to a fresh model conversation: the system prompt (and so the
@@ -57,6 +57,7 @@ from PIL import Image
 from omni_server import protocol
 from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, EngineInfo
 from omni_server.engine.client import ConversationHandle, EngineClient, SpeculativeEngine
+from omni_server.engine.text import UserText
 from omni_server.errors import OmniError, ProtocolError, SessionEnded
 from omni_server.media.smart_turn import SmartTurnModel
 from omni_server.media.vad import SileroVadModel, VadStream
@@ -71,10 +72,10 @@ from omni_server.protocol import (
 )
 from omni_server.session import turns
 from omni_server.session.lead_in import LeadIn
+from omni_server.session.rate import RealTimeBudget
 from omni_server.session.reply import FIRST_CHUNK_SLACK_S, AudioSink, Reply, TurnStats
 from omni_server.session.turn_end import Hold, Kept, RecentAudio, SemanticJudge, TurnEnd
 from omni_server.session.turns import TurnConfig, TurnDetector
-from omni_server.session.typed_text import plain_text
 from omni_server.session.units import PreRoll, UnitCutter
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,8 @@ class CallConfig:
     max_call_s: float = 1800.0
     idle_timeout_s: float = 120.0
     max_pending_audio_s: float = 30.0
+    max_prompt_tokens: int = 2048  # the instructions (with a character's persona), in the model's tokens
+    input_burst_s: float | None = 10.0  # input beyond real time refused after this much (None: no limit)
     end_of_turn_threshold: float | None = None  # Smart Turn's confidence that ends a turn (None: not asked)
     speculate: bool = False  # start the reply at a pause (`turn.pause_ms`), before the turn is confirmed
     resume_window_s: float = 0.0  # talking again this soon after a reply became audible continues the turn
@@ -232,8 +235,20 @@ class CallSession:
         self.client_underruns = 0  # as the client's player reports them
         self.audio_sink: AudioSink | None = None  # set before `run` by a transport with an audio track
         self.playback_underruns = 0  # as the server sees them (`Playback`), over all replies
+        burst_s = config.input_burst_s
+        self._input_budget = None if burst_s is None else RealTimeBudget(burst_s, clock=clock)
 
     # ---- called by the transport -------------------------------------------------------------------
+
+    def admit_input(self, duration_s: float) -> None:
+        """Charge one input message (before decoding it) against the call's real-time budget.
+
+        Raises `rate_limited` when the call sends faster than real time beyond its burst: the message is dropped."""
+        if self._input_budget is not None and not self._input_budget.take(duration_s):
+            raise ProtocolError(
+                "Audio is arriving faster than real time, so this piece was dropped: send audio as it is recorded.",
+                code="rate_limited",
+            )
 
     def push_audio(self, samples: Samples, frame: Image.Image | None = None) -> None:
         """Queue 16 kHz float32 audio (with the camera frame sent alongside it, if any).
@@ -282,8 +297,15 @@ class CallSession:
         await self._worker.release(self._conv)
 
     async def start(self) -> None:
-        """Prefill the system prompt of a fresh conversation."""
+        """Prefill the system prompt of a fresh conversation; refuse one that leaves no room for a turn."""
         await self._prefill_system_prompt()
+        if not self._fits_a_turn():
+            used, limit = self._conv.context_tokens, self.config.max_context_tokens
+            raise ProtocolError(
+                f"The instructions and the voice take {used:,} of this call's {limit:,} tokens of context, "
+                "leaving too little for the conversation: shorten them (or allow more context).",
+                code="text_too_long",
+            )
 
     async def run(self) -> str:
         """Serve the call; returns the `session.closed` reason."""
@@ -579,7 +601,7 @@ class CallSession:
 
     async def _greet(self, greeting: str) -> None:
         """Start a reply to a text turn asking for the greeting; the user can talk over it as over any reply."""
-        prompt = _GREETING[self.config.language].format(greeting=greeting)
+        prompt = UserText(_GREETING[self.config.language].format(greeting=greeting))
         before = self._conv.context_tokens
         after = await self._worker.prefill(self._conv, [{"role": "user", "content": [prompt]}])
         self._count_input(after - before, audio_s=0.0)
@@ -619,9 +641,13 @@ class CallSession:
         msg = await self._worker.run(
             self._conv, lambda m: m.get_sys_prompt(ref_audio=ref, mode=mode, language=language)
         )
-        extra = [text for text in (cfg.instructions, note) if text]
+        extra = []  # typed (or, for the note, model-written) text: inert and bounded by the engine
+        if cfg.instructions:
+            extra.append(UserText("\n" + cfg.instructions, cfg.max_prompt_tokens, "The call's instructions"))
+        if note:
+            extra.append(UserText("\n" + note))
         if extra:
-            msg = {**msg, "content": [*msg["content"], *("\n" + text for text in extra)]}
+            msg = {**msg, "content": [*msg["content"], *extra]}
         before = self._conv.context_tokens
         after = await self._worker.prefill(self._conv, [msg], max_slice_nums=cfg.max_slice_nums)
         self._count_input(after - before, audio_s=0.0 if ref is None else len(ref) / INPUT_SAMPLE_RATE_HZ)
@@ -651,28 +677,40 @@ class CallSession:
         self._unit_tokens = max(self._unit_tokens, added)
         self._count_input(added, audio_s=len(audio) / INPUT_SAMPLE_RATE_HZ, frames=int(frame is not None))
 
-    async def _make_room(self, extra_tokens: float = 0.0) -> None:
+    def _fits_a_turn(self, extra_tokens: float = 0.0) -> bool:
+        """Whether the next unit (and `extra_tokens` more) and a whole reply still fit the context."""
         reserve = self.config.max_new_tokens + 32
         needed = self._unit_tokens + extra_tokens + reserve
-        if self._conv.context_tokens + needed > self.config.max_context_tokens:
+        return self._conv.context_tokens + needed <= self.config.max_context_tokens
+
+    async def _make_room(self, extra_tokens: float = 0.0) -> None:
+        if not self._fits_a_turn(extra_tokens):
             await self._roll_over()
 
     async def _prefill_text(self, text: str) -> None:
-        """A typed message as the user's text turn (after any audio of the same turn)."""
+        """A typed message as the user's text turn (after any audio of the same turn); made inert by the engine."""
         before = self._conv.context_tokens
-        after = await self._worker.prefill(self._conv, [{"role": "user", "content": [plain_text(text)]}])
+        after = await self._worker.prefill(self._conv, [{"role": "user", "content": [UserText(text)]}])
         self._count_input(after - before, audio_s=0.0)
 
     async def _roll_over(self) -> None:
+        """Go on in a fresh model conversation; it never loops: `start` made sure the system prompt leaves room."""
         dropped = self._conv.context_tokens
+        recent = " ".join(self._replies)[-600:]
+        note = _MEMORY_NOTE[self.config.language].format(text=recent) if recent else None
+        await self._fresh_conversation(note)
+        if note is not None and not self._fits_a_turn():
+            await self._fresh_conversation(None)  # the note itself took the room: once more, without it
+        if not self._fits_a_turn():  # (units grew past the estimate `start` checked with)
+            raise SessionEnded("The conversation no longer fits the model's context.", code="context_full")
+        logger.info("context rolled over", extra={"session_id": self.id, "dropped_tokens": dropped})
+        await self._send(ConversationTruncated(reason="context_full", dropped_tokens=dropped))
+
+    async def _fresh_conversation(self, note: str | None) -> None:
         await self._worker.release(self._conv)
         self._conv = self._worker.open(self._next_conv_id())
         self._checkpoint, self._continuable_until = None, None  # of the conversation just dropped
-        recent = " ".join(self._replies)[-600:]
-        note = _MEMORY_NOTE[self.config.language].format(text=recent) if recent else None
         await self._prefill_system_prompt(note)
-        logger.info("context rolled over", extra={"session_id": self.id, "dropped_tokens": dropped})
-        await self._send(ConversationTruncated(reason="context_full", dropped_tokens=dropped))
 
     def _next_response_id(self) -> str:
         return f"resp_{len(self.turns) + 1}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hmac
 import http
 import mimetypes
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -71,13 +70,17 @@ class StaticFiles:
 
     def get(self, path: str) -> Response:
         relative = path.lstrip("/") or "index.html"
-        target = (self.root / relative).resolve()
-        if not target.is_relative_to(self.root) or not target.is_file():
+        try:
+            target = (self.root / relative).resolve()
+            body = target.read_bytes() if target.is_relative_to(self.root) and target.is_file() else None
+        except (ValueError, OSError):  # a NUL byte, a name longer than the filesystem allows, ...
+            body = None
+        if body is None:
             return text(http.HTTPStatus.NOT_FOUND, "Not found.")
         kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if kind.startswith("text/") or kind in ("application/javascript", "text/javascript"):
             kind += "; charset=utf-8"
-        return respond(http.HTTPStatus.OK, target.read_bytes(), kind)
+        return respond(http.HTTPStatus.OK, body, kind)
 
 
 def token_login(request: Request, expected: str | None) -> Response | None:
@@ -92,6 +95,3 @@ def token_login(request: Request, expected: str | None) -> Response | None:
     return respond(
         http.HTTPStatus.FOUND, b"", "text/plain", (("Location", urlsplit(request.path).path), ("Set-Cookie", cookie))
     )
-
-
-Route = Callable[[Request], Response]

@@ -5,7 +5,8 @@ websockets' HTTP parser takes only GET, so there is no POST upload: the page and
 one binary frame holding the audio file. GET serves `/v1/user` (issue an identity), `/v1/voices`,
 `/v1/voices/<id>.wav` (the prepared clip, for preview) and `/v1/characters`. The page itself is
 served with an identity cookie when the browser has none. Requests run one at a time per socket;
-decoding and file I/O run in threads. Every refusal is an `error` reply and the socket stays open.
+decoding runs on the voice preparer's low-priority thread, file I/O in threads. Every refusal is an
+`error` reply and the socket stays open.
 
 Must not import: torch, the engine's models.
 """
@@ -30,9 +31,8 @@ from omni_server.config import Settings
 from omni_server.engine.base import OUTPUT_SAMPLE_RATE_HZ
 from omni_server.errors import OmniError, ProtocolError, error_payload
 from omni_server.library.identity import Identity
-from omni_server.library.reference import voice_from_file
 from omni_server.library.store import VoiceStore
-from omni_server.media.pcm import AudioFormatError, encode_f32_base64
+from omni_server.media.pcm import encode_f32_base64
 from omni_server.protocol import encode_fields
 from omni_server.session.manager import SessionManager
 from omni_server.session.reading import read_aloud, reading_text
@@ -44,6 +44,8 @@ LIBRARY_SUBPROTOCOL = "omni.library"
 _PREVIEW = re.compile(r"^/v1/voices/(v[0-9a-f]{16})\.wav$")
 _PAGE_PATHS = ("/", "/index.html")
 FILE_WAIT_S = 30.0
+MAX_ID_CHARS = 128
+MAX_ID_INT = 2**53  # the largest whole number every JSON client reads exactly
 
 
 class LibraryEndpoint:
@@ -54,11 +56,11 @@ class LibraryEndpoint:
         self.identity = identity
         self.store = store
         self.manager: SessionManager | None = None  # the socket is served once the engine is loaded
+        self._sockets: set[ServerConnection] = set()  # open `/v1/library` sockets, closed at shutdown
 
     def attach(self, manager: SessionManager) -> None:
-        """The engine is loaded: serve the socket, and let calls resolve voices from this same store."""
+        """The engine is loaded: serve the socket (calls resolve voices from this same store)."""
         self.manager = manager
-        manager.voices = self.store
 
     @property
     def _calls(self) -> SessionManager:
@@ -98,9 +100,16 @@ class LibraryEndpoint:
 
     # ---- the socket --------------------------------------------------------------------------------
 
+    async def close_all(self) -> None:
+        """Shutdown: close every library socket now (an open page keeps one, idle, for as long as it is open)."""
+        sockets = list(self._sockets)
+        if sockets:
+            await asyncio.wait([asyncio.create_task(ws.close(1001, "The server is shutting down.")) for ws in sockets])
+
     async def handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         user = self.identity.user_of(ws.request.path, ws.request.headers.raw_items())
+        self._sockets.add(ws)
         try:
             async for raw in ws:
                 if isinstance(raw, bytes):
@@ -115,16 +124,15 @@ class LibraryEndpoint:
                 try:
                     request = _request(raw)
                     await self._serve(ws, user, request)
-                except (OmniError, AudioFormatError) as e:
-                    payload = (
-                        error_payload(e) if isinstance(e, OmniError) else {"code": "invalid_audio", "message": str(e)}
-                    )
-                    await self._reply(ws, request.get("id"), "error", error=payload)
+                except OmniError as e:
+                    await self._reply(ws, request.get("id"), "error", error=error_payload(e))
                 except Exception as e:  # the boundary: log it once, tell the client plainly, keep serving
                     logger.exception("library request %r failed", request.get("type"))
                     await self._reply(ws, request.get("id"), "error", error=error_payload(e))
         except ConnectionClosed:
             pass
+        finally:
+            self._sockets.discard(ws)
 
     async def _serve(self, ws: ServerConnection, user: str | None, request: dict[str, Any]) -> None:
         kind, rid = request["type"], request.get("id")
@@ -143,9 +151,7 @@ class LibraryEndpoint:
             )
         elif kind == "voice.add":
             data = await self._file(ws)
-            prepared = await asyncio.to_thread(
-                voice_from_file, data, _str(request, "content_type"), self._calls.decode_limits, self._calls.vad_model
-            )
+            prepared = await self._calls.voice_preparer.from_file(data, _str(request, "content_type"))
             voice = await asyncio.to_thread(
                 store.add_voice,
                 user,
@@ -239,13 +245,36 @@ class LibraryEndpoint:
 
 
 def _request(raw: str) -> dict[str, Any]:
+    """One request, whose `id` can be echoed in a valid JSON reply; `ProtocolError` (answered with no id) if not."""
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw, parse_constant=_not_json)
     except json.JSONDecodeError as e:
         raise ProtocolError(f"Request is not valid JSON ({e.msg}).", code="invalid_json") from e
+    except RecursionError as e:  # json recurses per nesting level
+        raise ProtocolError("Request is nested too deeply.", code="invalid_json") from e
+    except ValueError as e:  # NaN or Infinity (`_not_json`), or an integer of more than 4300 digits
+        raise ProtocolError(f"Request is not valid JSON ({e}).", code="invalid_json") from e
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ProtocolError("A request must be a JSON object with a 'type'.", code="invalid_json")
+    rid = obj.get("id")
+    if not (rid is None or _printable(rid, MAX_ID_CHARS) or (isinstance(rid, int) and abs(rid) <= MAX_ID_INT)):
+        raise ProtocolError(f"id must be text of at most {MAX_ID_CHARS} characters or a whole number.")
     return obj
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _printable(value: Any, most: int) -> bool:
+    """Text that can go back in a reply: at most `most` characters, and valid Unicode (no lone surrogates)."""
+    if not isinstance(value, str) or len(value) > most:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _str(request: dict[str, Any], key: str) -> str:

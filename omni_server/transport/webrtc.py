@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -35,33 +36,30 @@ from urllib.parse import parse_qs, urlsplit
 import aioice.ice
 from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from omni_server.engine.base import EngineInfo
 from omni_server.errors import OmniError, ProtocolError, SessionEnded
-from omni_server.media.pcm import AudioFormatError
 from omni_server.metrics import ServerMetrics
 from omni_server.protocol import (
+    ClientEvent,
     Error,
     InputAppend,
     Send,
     ServerEvent,
-    SessionClose,
-    SessionInit,
     WebRtcAnswer,
     WebRtcConfig,
-    WebRtcOffer,
     decode_client_event,
     encode,
 )
 from omni_server.session.manager import SessionManager
 from omni_server.session.session import CallSession
-from omni_server.transport.calls import CallEndpoint, error_event, sender
+from omni_server.transport.calls import CallEndpoint, sender
 from omni_server.transport.jitter import use_low_delay_jitter_buffer
+from omni_server.transport.reader import CallReader
+from omni_server.transport.sdp import check_offer, check_offer_size
 from omni_server.transport.tracks import ReplyAudioTrack, receive_audio, receive_video
 
 logger = logging.getLogger(__name__)
-SIGNAL_TIMEOUT_S = 30.0
 MAX_CHANNEL_BUFFER_BYTES = 4 * 1024 * 1024  # a client that stops reading its data channel is gone
 _LOOPBACK_HOSTS = ("localhost",)
 
@@ -177,42 +175,54 @@ class WebRtcEndpoint(CallEndpoint):
             return
         with contextlib.suppress(SessionEnded):
             await signal(WebRtcConfig(ice_servers=[s.for_page() for s in self.ice_servers]))
-            await self.admit(ws, signal, lambda call_id: self._serve(ws, signal, call_id, video=mode == "video"))
+            await self.admit(ws, signal, functools.partial(self._serve, ws, signal, video=mode == "video"), offer=True)
 
-    async def _serve(self, ws: ServerConnection, signal: Send, call_id: str, *, video: bool) -> str:
-        init, offer = await self._wait_for_offer(ws, signal)
+    async def _serve(self, ws: ServerConnection, signal: Send, call_id: str, reader: CallReader, *, video: bool) -> str:
+        init, offer = await reader.setup()
+        assert offer is not None
         try:
             config = await self.configure(ws, init, video=video)
-        except (OmniError, AudioFormatError) as e:
-            await signal(error_event(e))
+        except OmniError as e:
+            await signal(Error.of(e))
             return "error"
+        check_offer_size(offer.sdp)  # before anything parses it, even the candidate filter
+        sdp = loopback_candidates_only(offer.sdp) if is_loopback(self.settings.host) else offer.sdp
+        await asyncio.to_thread(check_offer, sdp)  # parsed once off the loop; aiortc parses it again, quickly
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[s.for_aiortc() for s in self.ice_servers]))
         try:
-            return await self._call(ws, signal, pc, call_id, config, offer)
+            return await self._call(ws, reader, signal, pc, call_id, config, sdp)
         finally:
-            await pc.close()
+            await _close(pc)
 
     async def _call(
-        self, ws: ServerConnection, signal: Send, pc: RTCPeerConnection, call_id: str, config: Any, offer: WebRtcOffer
+        self,
+        ws: ServerConnection,
+        reader: CallReader,
+        signal: Send,
+        pc: RTCPeerConnection,
+        call_id: str,
+        config: Any,
+        sdp: str,
     ) -> str:
         events = EventChannel()
         pc.on("datachannel", events.attach)
         reply_track = ReplyAudioTrack()
-        sdp = loopback_candidates_only(offer.sdp) if is_loopback(self.settings.host) else offer.sdp
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except ValueError as e:
-            raise ProtocolError(f"The WebRTC offer is not valid SDP ({e}).", code="invalid_sdp") from e
-        receivers = {t.kind: t.receiver.track for t in pc.getTransceivers() if t.receiver.track is not None}
-        for transceiver in pc.getTransceivers():
-            if transceiver.kind == "audio":
-                use_low_delay_jitter_buffer(transceiver.receiver)  # aiortc's holds the mic 80 ms (jitter.py)
-        if "audio" not in receivers or pc.sctp is None:
-            raise ProtocolError(
-                "The WebRTC offer must carry a microphone track and a data channel.", code="invalid_sdp"
-            )
-        pc.addTrack(reply_track)
-        await pc.setLocalDescription(await pc.createAnswer())
+            receivers = {t.kind: t.receiver.track for t in pc.getTransceivers() if t.receiver.track is not None}
+            if "audio" not in receivers or pc.sctp is None:
+                raise ProtocolError(
+                    "The WebRTC offer must carry a microphone track and a data channel.", code="invalid_sdp"
+                )
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "audio":
+                    use_low_delay_jitter_buffer(transceiver.receiver)  # aiortc's holds the mic 80 ms (jitter.py)
+            pc.addTrack(reply_track)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except ProtocolError:
+            raise
+        except Exception as e:  # aiortc acting on an offer it parsed but cannot use (its errors are of every kind)
+            raise ProtocolError("The WebRTC offer is not valid SDP for a call.", code="invalid_sdp") from e
         await signal(WebRtcAnswer(sdp=pc.localDescription.sdp))
         await self._until_connected(ws, pc, events)
 
@@ -221,7 +231,10 @@ class WebRtcEndpoint(CallEndpoint):
         if session is None:
             return "error"
         assert events.channel is not None
-        events.channel.on("message", lambda raw: self._on_client_event(raw, session, events))
+        events.channel.on("message", lambda raw: self._on_channel_message(raw, session, events))
+        # The signalling socket stays open for the call: control events are accepted on it too.
+        refuse = functools.partial(_refuse_on, events)
+        reader.start_call(session, functools.partial(self._on_call_event, session=session), refuse)
         events.channel.on("close", lambda: session.close("disconnected"))
 
         @pc.on("connectionstatechange")
@@ -234,16 +247,14 @@ class WebRtcEndpoint(CallEndpoint):
 
         def audio(samples: Any) -> None:
             try:
+                session.admit_input(len(samples) / 16000)
                 session.push_audio(samples)
-            except ProtocolError as e:  # far ahead of the model: this piece is dropped, the call goes on
+            except ProtocolError as e:  # faster than real time, or far ahead of the model: dropped, the call goes on
                 with contextlib.suppress(SessionEnded):
                     events.send_now(Error.of(e))
 
         async with asyncio.TaskGroup() as media:
-            tasks = [
-                media.create_task(receive_audio(receivers["audio"], audio), name=f"{call_id}-mic"),
-                media.create_task(self._watch_signalling(ws, session, events), name=f"{call_id}-signal"),
-            ]
+            tasks = [media.create_task(receive_audio(receivers["audio"], audio), name=f"{call_id}-mic")]
             if "video" in receivers:
                 on_image = image if config.video else None
                 pixels = self.settings.max_frame_pixels
@@ -286,50 +297,37 @@ class WebRtcEndpoint(CallEndpoint):
             "WebRTC could not connect (no route between the browser and the server).", code="webrtc_failed"
         )
 
-    async def _wait_for_offer(self, ws: ServerConnection, signal: Send) -> tuple[SessionInit, WebRtcOffer]:
-        """Both `session.init` and `webrtc.offer`, in either order; a bad frame gets an error."""
-        init: SessionInit | None = None
-        offer: WebRtcOffer | None = None
-        while init is None or offer is None:
-            try:
-                async with asyncio.timeout(SIGNAL_TIMEOUT_S):
-                    raw = await ws.recv()
-            except TimeoutError:
-                raise ProtocolError("No session.init and webrtc.offer arrived in time.", code="timeout") from None
-            try:
-                event = decode_client_event(raw, max_bytes=self.settings.max_message_bytes)
-            except ProtocolError as e:
-                await signal(Error.of(e))
-                continue
-            if isinstance(event, SessionInit):
-                init = event
-            elif isinstance(event, WebRtcOffer):
-                offer = event
-            elif isinstance(event, SessionClose):
-                raise SessionEnded("The client left before the call started.", code="disconnected")
-            else:
-                await signal(Error("not_initialized", "Send session.init and webrtc.offer first."))
-        return init, offer
-
-    async def _watch_signalling(self, ws: ServerConnection, session: CallSession, events: EventChannel) -> None:
-        """The signalling socket stays open for the call; control events are accepted on it too."""
+    def _on_channel_message(self, raw: str | bytes, session: CallSession, events: EventChannel) -> None:
+        """One client event on the data channel; a bad one gets an `error` back on it."""
         try:
-            async for raw in ws:
-                self._on_client_event(raw, session, events)
-        except ConnectionClosed:
-            pass
-        session.close("disconnected")
-
-    def _on_client_event(self, raw: str | bytes, session: CallSession, events: EventChannel) -> None:
-        """One client event during the call; a bad one gets an `error` on the data channel."""
-        try:
-            event = decode_client_event(raw, max_bytes=self.settings.max_message_bytes)
-            if isinstance(event, InputAppend) and (event.audio_base64 or event.video_frames_base64):
-                raise ProtocolError("On a WebRTC call, audio and video travel on the media tracks.")
-            if not self.control(event, session):
-                raise ProtocolError(
-                    f"{type(event).__name__} is not accepted during a call.", code="already_initialized"
-                )
+            self._control_only(decode_client_event(raw, max_bytes=self.settings.max_message_bytes), session)
         except ProtocolError as e:
-            with contextlib.suppress(SessionEnded):
-                events.send_now(Error.of(e))
+            _refuse_now(events, e)
+
+    async def _on_call_event(self, event: ClientEvent, *, session: CallSession) -> None:
+        """One client event on the signalling socket during the call."""
+        self._control_only(event, session)
+
+    def _control_only(self, event: ClientEvent, session: CallSession) -> None:
+        if isinstance(event, InputAppend) and (event.audio_base64 or event.video_frames_base64):
+            raise ProtocolError("On a WebRTC call, audio and video travel on the media tracks.")
+        if not self.control(event, session):
+            raise ProtocolError(f"{type(event).__name__} is not accepted during a call.", code="already_initialized")
+
+
+async def _close(pc: RTCPeerConnection) -> None:
+    """Close a peer connection; one left half set up by a bad offer can fail to close inside aiortc."""
+    try:
+        await pc.close()
+    except Exception as e:  # nothing more to free, and the call's own outcome is already decided
+        logger.warning("closing a WebRTC connection failed: %s", type(e).__name__)
+
+
+async def _refuse_on(events: EventChannel, error: ProtocolError) -> None:
+    _refuse_now(events, error)
+
+
+def _refuse_now(events: EventChannel, error: ProtocolError) -> None:
+    """A refusal goes on the data channel; one that cannot be sent is dropped (the channel is closing)."""
+    with contextlib.suppress(SessionEnded):
+        events.send_now(Error.of(error))

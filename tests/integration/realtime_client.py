@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import ssl
+import time
 from typing import Any
 
 import numpy as np
@@ -25,10 +26,15 @@ def b64_audio(samples: npt.NDArray[np.float32]) -> str:
     return base64.b64encode(samples.astype("<f4").tobytes()).decode("ascii")
 
 
+# Audio the client sends ahead of real time at most: within the server's burst (--max-input-burst-s, 10 s).
+AHEAD_S = 8.0
+
+
 class RawClient:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.events: list[dict[str, Any]] = []
+        self._ahead_budget_s, self._budget_at = AHEAD_S, time.monotonic()
 
     @classmethod
     async def connect(
@@ -70,10 +76,22 @@ class RawClient:
         return await self.until("session.created")
 
     async def append(self, samples: npt.NDArray[np.float32], **extra: Any) -> None:
+        """Send audio, fast while within `AHEAD_S` of real time, then at real time (as the server requires)."""
+        cost_s = max(len(samples) / 16000, 0.02)  # the server charges every message at least 20 ms
+        self._refill()
+        if cost_s > self._ahead_budget_s:
+            await asyncio.sleep(cost_s - self._ahead_budget_s)  # pacing the sender, not waiting for the server
+            self._refill()
+        self._ahead_budget_s -= cost_s
         await self.send("input.append", input={"audio": b64_audio(samples), **extra})
 
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._ahead_budget_s = min(AHEAD_S, self._ahead_budget_s + now - self._budget_at)
+        self._budget_at = now
+
     async def speak(self, speech: npt.NDArray[np.float32], *, piece_s: float = 0.1, tail_s: float = 1.0) -> None:
-        """Send speech then silence in pieces, a little faster than real time."""
+        """Send speech then silence in pieces, faster than real time within `AHEAD_S` of it."""
         audio = np.concatenate([speech, np.zeros(int(16000 * tail_s), np.float32)])
         step = int(16000 * piece_s)
         for start in range(0, len(audio), step):

@@ -7,6 +7,7 @@ import http.client
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from omni_server.engine.base import Engine
 from omni_server.engine.tiny import build_tiny_engine
 from omni_server.errors import EngineError
 from tests.conftest import TOKEN, server_settings, timeout
+from tests.integration.library_client import LibraryClient
 from tests.integration.realtime_client import RawClient, client_ssl
 
 MANUAL = {"turn_detection": {"type": "none"}}
@@ -237,3 +239,26 @@ async def test_out_of_range_settings_are_brought_into_range(server: OmniServer) 
     )
     assert (await manual_turn(client))["response"]["status"] == "completed"
     await client.close()
+
+
+async def test_shutdown_closes_every_socket_within_the_grace_period(tmp_path: Path) -> None:
+    """An idle library socket, a caller that never sent session.init and an idle call: all closed, promptly."""
+    settings = server_settings(tmp_path, shutdown_grace_s=1.0)
+    server = OmniServer(settings, build_tiny_engine())
+    await server.__aenter__()
+    library = await LibraryClient.connect(server, None)
+    silent = await RawClient.connect(server)
+    await silent.until("session.queue_done")
+    call = await RawClient.connect(server)
+    await call.start()
+    started = time.monotonic()
+    async with asyncio.timeout(timeout(10)):  # before: never (an open library socket kept the server up)
+        await server.shutdown()
+    assert time.monotonic() - started < settings.shutdown_grace_s + 3
+    assert (await call.until("session.closed"))["reason"] == "server_shutdown"
+    with pytest.raises(ConnectionClosed) as info:
+        await library.ws.recv()
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await silent.recv()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from omni_server.app import OmniServer
 from omni_server.engine.tiny import build_tiny_engine
-from tests.audio_files import encode
+from tests.audio_files import encode, flac_bomb
 from tests.conftest import server_settings
 from tests.integration.library_client import LibraryClient, get, new_user
 from tests.integration.realtime_client import RawClient, b64_audio
@@ -105,6 +105,7 @@ def _bad_files(speech: npt.NDArray[np.float32]) -> dict[str, tuple[bytes, str, s
         "image": (png.getvalue(), "audio/wav", "image"),
         "two_hours": (flac.getvalue(), "audio/flac", "longer than"),
         "zip_bomb": (bomb, "audio/wav", "longer than"),
+        "flac_bomb": (flac_bomb(16), "audio/flac", "sample rate of 16 Hz"),
         "silence": (encode(np.zeros(5 * 16_000, np.float32), "wav"), "audio/wav", "silent"),
         "wrong_type": (m4a, "text/plain", "must be an audio file"),
     }
@@ -113,7 +114,8 @@ def _bad_files(speech: npt.NDArray[np.float32]) -> dict[str, tuple[bytes, str, s
 async def test_bad_files_are_refused_plainly_and_nothing_is_stored(
     server: OmniServer, voice_speech: npt.NDArray[np.float32]
 ) -> None:
-    """Corrupt, truncated, video, image, 2-hour, zip-bomb, silent, wrongly typed: each refused, the socket goes on."""
+    """Corrupt, truncated, video, image, 2-hour, zip-bomb, 16-Hz FLAC bomb, silent, wrongly typed: each refused,
+    the socket goes on."""
     alice = await new_user(server)
     lib = await LibraryClient.connect(server, alice)
     for name, (data, content_type, words) in _bad_files(voice_speech).items():
@@ -230,7 +232,8 @@ async def test_a_character_brings_persona_voice_and_greeting(
 
 
 async def test_api_references_and_ownership_in_calls(server: OmniServer, voice_speech: npt.NDArray[np.float32]) -> None:
-    """SDK PCM and a base64 file both work; someone else's voice id and a silent reference are refused plainly."""
+    """SDK PCM and a base64 file both work; someone else's voice id, a silent reference and a FLAC bomb are refused
+    plainly."""
     alice, bob = await new_user(server), await new_user(server)
     voice = (await add_voice(server, alice, encode(voice_speech, "m4a")))["voice"]
     for ref in (
@@ -245,6 +248,7 @@ async def test_api_references_and_ownership_in_calls(server: OmniServer, voice_s
         (bob, {"voice_id": voice["id"]}, "not_found"),
         (None, {"voice_id": voice["id"]}, "not_found"),
         (alice, {"ref_audio_base64": b64_audio(np.zeros(16_000 * 4, np.float32))}, "invalid_voice"),
+        (alice, {"ref_audio_file_base64": base64.b64encode(flac_bomb(16)).decode()}, "invalid_voice"),
     ):
         client = await RawClient.connect(server, user=who)
         await client.until("session.queue_done")
@@ -323,3 +327,43 @@ async def test_the_page_sets_a_signed_identity_cookie(server: OmniServer) -> Non
     assert cookie.startswith("omni_user=u") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
     credential = cookie.split(";")[0].split("=", 1)[1]
     assert "Set-Cookie" not in (await asyncio_get(server, "/", credential))[1]
+
+
+async def test_one_library_swept_of_orphans_at_start_up(tmp_path: Path) -> None:
+    """What a killed save left is gone once the server starts, and calls read the same store the library writes."""
+    voices = tmp_path / "data" / "voices"
+    voices.mkdir(parents=True)
+    (voices / "v0123456789abcdef.wav").write_bytes(b"RIFF" + bytes(1000))
+    (voices / ".v0123456789abcdef.json.0badf00d.tmp").write_text("{")
+    async with OmniServer(server_settings(tmp_path), build_tiny_engine()) as server:
+        assert list(voices.iterdir()) == []
+        assert server.manager.voices is server.library.store
+
+
+async def test_malformed_library_requests_get_clear_errors_in_valid_json(server: OmniServer) -> None:
+    """Deep nesting, NaN/Infinity and over-long numbers are invalid_json; a lone-surrogate or NaN id is refused
+    with no id; every reply is strict JSON, and the socket stays open."""
+    lib = await LibraryClient.connect(server, await new_user(server))
+
+    def strict(text: str | bytes) -> dict[str, Any]:
+        def refuse(constant: str) -> None:
+            raise AssertionError(f"the reply holds {constant}, which is not JSON")
+
+        reply: dict[str, Any] = json.loads(text, parse_constant=refuse)
+        return reply
+
+    cases = [
+        ('{"type":"voice.list","id":"deep","x":' + "[" * 100_000 + "]" * 100_000 + "}", "invalid_json"),
+        ('{"type":"voice.list","id":NaN}', "invalid_json"),
+        ('{"type":"voice.list","id":Infinity}', "invalid_json"),
+        ('{"type":"voice.list","id":1' + "0" * 5000 + "}", "invalid_json"),
+        ('{"type":"voice.list","id":"\\ud800"}', "invalid_request"),
+        ('{"type":"voice.list","id":' + json.dumps("x" * 129) + "}", "invalid_request"),
+    ]
+    for raw, code in cases:
+        await lib.ws.send(raw)
+        reply = strict(await lib.ws.recv())
+        assert reply["type"] == "error" and reply["error"]["code"] == code and reply["id"] is None, (raw[:40], reply)
+    await lib.ws.send('{"type":"voice.list","id":7}')
+    assert strict(await lib.ws.recv()) == {"type": "voice.list", "id": 7, "voices": []}
+    await lib.close()

@@ -10,6 +10,7 @@ import pytest
 
 from omni_server.errors import PayloadTooLarge, ProtocolError
 from omni_server.protocol import (
+    ClientStats,
     Error,
     InputAppend,
     InputText,
@@ -121,3 +122,26 @@ def test_server_events_keep_the_wire_format() -> None:
     }
     assert json.loads(encode(SessionClosed(reason="queue_full"))) == {"type": "session.closed", "reason": "queue_full"}
     assert Error.of(RuntimeError("secret internals")).code == "internal_error"
+
+
+@pytest.mark.parametrize(
+    "stats",
+    [
+        '{"type":"client.stats","underruns":1e400}',
+        '{"type":"client.stats","underruns":1' + "0" * 400 + "}",
+        '{"type":"client.stats","underruns":1' + "0" * 5000 + "}",
+        '{"type":"client.stats","underruns":-1}',
+        '{"type":"client.stats","underruns":3,"played_s":1e299}',
+        '{"type":"client.stats","underruns":3,"played_s":NaN}',
+    ],
+)
+def test_client_stats_out_of_range_are_protocol_errors(stats: str) -> None:
+    """Huge, non-finite, negative or over-long numbers in client.stats are refused plainly, never passed on."""
+    with pytest.raises(ProtocolError):
+        decode_client_event(stats, max_bytes=1 << 20)
+
+
+def test_client_stats_in_range_are_kept() -> None:
+    """A running total of underruns and seconds played comes through as sent."""
+    event = decode({"type": "client.stats", "underruns": 12, "played_s": 30.5})
+    assert event == ClientStats(underruns=12, played_s=30.5)

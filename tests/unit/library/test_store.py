@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +81,63 @@ def test_characters_examples_and_ownership(tmp_path: Path) -> None:
         store.delete_character("alice", examples[0].id)
     store.delete_character("alice", made.id)
     assert len(store.list_characters("alice")) == 3
+
+
+def test_a_name_with_a_lone_surrogate_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """JSON's "\\ud800" gives a name no file can hold: refused plainly, and no orphan .wav counts against the quota."""
+    store = VoiceStore(tmp_path, LibraryLimits())
+    with pytest.raises(ProtocolError, match="not valid Unicode"):
+        store.add_voice("alice", "Eve\ud800", "en", CLIP, shared=False)
+    with pytest.raises(ProtocolError, match="not valid Unicode"):
+        store.save_character("alice", {"name": "ok", "persona": "A pirate \udfff."})
+    assert not (tmp_path / "voices").exists() and not (tmp_path / "characters").exists()
+
+
+# Saves a voice in a fresh interpreter whose files may not grow past 64 KiB (the kernel refuses the
+# write with EFBIG, as a full disk refuses with ENOSPC), and reports the answer and what is left on disk.
+_FULL_DISK_CHILD = """
+import json, resource, signal, sys
+from pathlib import Path
+import numpy as np
+from omni_server.errors import OmniError
+from omni_server.library.store import LibraryLimits, VoiceStore
+from omni_server.media.voice_prep import PreparedVoice
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+root = Path(sys.argv[1])
+store = VoiceStore(root, LibraryLimits())
+clip = PreparedVoice(samples=np.full(16_000 * 4, 0.1, np.float32), speech_s=4.0, source_s=4.0)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+try:
+    store.add_voice("alice", "big", "en", clip, shared=False)
+    said = {"code": "saved"}
+except OmniError as e:
+    said = {"code": e.code, "message": e.message}
+print(json.dumps({**said, "files": sorted(p.name for p in root.rglob("*") if p.is_file())}))
+"""
+
+
+def test_a_full_disk_answers_storage_full_and_leaves_nothing(tmp_path: Path) -> None:
+    """A write the disk refuses: `storage_full` in plain words (not internal_error), and no orphan file."""
+    child = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_CHILD, str(tmp_path)], capture_output=True, text=True, timeout=60, check=True
+    )
+    report = json.loads(child.stdout)
+    assert report["code"] == "storage_full" and "disk is full" in report["message"]
+    assert report["files"] == []
+
+
+def test_orphans_of_an_interrupted_save_are_swept_at_start_up(tmp_path: Path) -> None:
+    """What `kill -9` mid-save leaves (a temporary, audio without metadata) is removed; whole voices stay."""
+    store = VoiceStore(tmp_path, LibraryLimits())
+    kept = store.add_voice("alice", "kept", "en", CLIP, shared=False)
+    voices = tmp_path / "voices"
+    (voices / ".v0123456789abcdef.wav.0badf00d.tmp").write_bytes(b"RIFF" + bytes(1000))
+    (voices / "v0123456789abcdef.wav").write_bytes(b"RIFF" + bytes(1000))
+    (voices / "vfedcba9876543210.json").write_text("{}")
+    (tmp_path / "characters").mkdir()
+    (tmp_path / "characters" / ".c0123456789abcdef.json.12345678.tmp").write_text("{")
+    restarted = VoiceStore(tmp_path, LibraryLimits())
+    assert restarted.sweep() == 4
+    assert sorted(p.name for p in voices.iterdir()) == [f"{kept.id}.json", f"{kept.id}.wav"]
+    assert [v.id for v in restarted.list_voices("alice")] == [kept.id]
+    assert restarted.sweep() == 0

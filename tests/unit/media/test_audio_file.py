@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import numpy.typing as npt
@@ -12,7 +15,7 @@ import soundfile as sf
 from PIL import Image
 
 from omni_server.media.audio_file import AudioFileError, DecodeLimits, check_content_type, decode_audio_file
-from tests.audio_files import FORMATS, encode
+from tests.audio_files import FORMATS, encode, flac_bomb
 
 LIMITS = DecodeLimits(max_bytes=8 * 1024 * 1024, max_duration_s=120.0, max_decode_s=10.0)
 
@@ -111,3 +114,51 @@ def test_a_file_that_hides_its_length_is_cut_off_while_decoding() -> None:
     with pytest.raises(AudioFileError, match="longer than 30 s"):
         decode_audio_file(data, DecodeLimits(max_duration_s=30.0), clock=clock)
     assert checks < 0.25 * 200 / 0.02, f"{checks} packets decoded of about 10000"
+
+
+# Decodes a bomb in a fresh interpreter (capped at 1 GiB of address space, so a regression fails
+# rather than swapping) and reports what it said and how much its peak resident memory grew.
+_BOMB_CHILD = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from omni_server.media.audio_file import AudioFileError, DecodeLimits, decode_audio_file
+from tests.audio_files import flac_bomb
+data = flac_bomb(int(sys.argv[1]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    decode_audio_file(data, DecodeLimits())
+    said = "decoded"
+except AudioFileError as e:
+    said = str(e)
+grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"bytes": len(data), "said": said, "grown_mib": grown_kib / 1024}))
+"""
+
+
+@pytest.mark.parametrize("rate_hz", [16, 1])
+def test_a_flac_declaring_an_absurd_rate_is_refused_before_decoding(rate_hz: int) -> None:
+    """55 bytes declaring 16 Hz (or 1 Hz) and no length: refused for its rate, peak memory grows < 32 MiB.
+
+    Before, the one 65 535-sample block was resampled to 16 kHz first: +1.5 GB at 16 Hz, ~24 GB at 1 Hz."""
+    child = subprocess.run(
+        [sys.executable, "-c", _BOMB_CHILD, str(rate_hz)], capture_output=True, text=True, timeout=60, check=True
+    )
+    report = json.loads(child.stdout)
+    assert report["bytes"] == 55
+    assert f"sample rate of {rate_hz} Hz" in report["said"]
+    assert report["grown_mib"] < 32
+
+
+def test_a_stream_of_unknown_length_is_bounded_by_its_input_samples() -> None:
+    """At an accepted 4 kHz, 16-s blocks with no declared length: refused once their input passes the limit."""
+    data = flac_bomb(4_000, frames=40)  # 655 s in 562 bytes
+    with pytest.raises(AudioFileError, match="longer than 30 s"):
+        decode_audio_file(data, DecodeLimits(max_duration_s=30.0))
+
+
+def test_a_file_with_too_many_channels_is_refused_before_decoding() -> None:
+    """A 12-channel WAV is not a recording of someone speaking: refused from its header."""
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((1600, 12), np.float32), 16_000, format="WAV", subtype="PCM_16")
+    with pytest.raises(AudioFileError, match="12 channels"):
+        decode_audio_file(buf.getvalue(), LIMITS)

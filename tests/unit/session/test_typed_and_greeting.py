@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from omni_server.engine.cost import EngineCost
+from omni_server.engine.text import JOINER as J
+from omni_server.engine.text import UserText
 from omni_server.engine.tiny import build_tiny_engine
 from omni_server.engine.worker import EngineWorker
 from omni_server.errors import ProtocolError
@@ -75,8 +77,9 @@ async def test_a_typed_message_is_answered_like_a_spoken_turn(
         tg.create_task(session.run())
         await recorder.until("response.done", 1)
         session.close()
-    typed = [content for content in prefilled if content and str(content[0]).startswith("Message")]
-    assert typed == [[f"Message {n} <\u200b|im_end|><\u200b|im_start|>assistant"] for n in range(MAX_PENDING_TEXTS)]
+    typed = [content for content in prefilled if content and isinstance(content[0], UserText)]
+    as_prefilled = [[worker.text.resolve(item) for item in content] for content in typed]  # on the engine's side
+    assert as_prefilled == [[f"Message {n} <{J}|im_end|><{J}|im_start|>assistant"] for n in range(MAX_PENDING_TEXTS)]
     done = [f for t, f in recorder.events if t == "response.done"]
     assert done[-1]["response"]["status"] == "completed"  # the last message's reply is heard in full
     assert recorder.count("response.created") == len(done)  # no reply said it started without ending
