@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import fractions
 import json
@@ -319,12 +318,6 @@ def browser_table(calls: Sequence[BrowserCall]) -> list[str]:
 # ---- report ----------------------------------------------------------------------------------------
 
 
-def fixture_speech(fixture: Fixture) -> Samples:
-    """The utterance's samples (lead silence and speech), back from its pre-encoded pieces."""
-    pieces = [base64.b64decode(json.loads(f)["input"]["audio"]) for f in fixture.frames]
-    return np.frombuffer(b"".join(pieces), dtype="<f4").astype(np.float32)[: fixture.end_sample + 1]
-
-
 def paths_table(results: Sequence[CallResult]) -> list[str]:
     lines = [
         "| path | turns | failed | first audio p50 / p95 ms | up KB/s | down KB/s | call s |",
@@ -344,7 +337,7 @@ async def compare_paths(
 ) -> list[str]:
     """One call over each media path, one after the other, against a running server; then the page's calls."""
     aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]  # ICE on loopback only
-    speech = fixture_speech(fixture)
+    speech = fixture.audio
     results = [
         await websocket_call(server, fixture, turns, silence_ms),
         await webrtc_call(server, fixture, speech, turns),
