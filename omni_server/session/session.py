@@ -24,12 +24,11 @@ Must not import: websockets, aiortc, torch.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,18 +36,28 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from omni_server import protocol
 from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, OUTPUT_SAMPLE_RATE_HZ, EngineInfo
 from omni_server.engine.client import ConversationHandle, EngineClient, ReplyChunks
-from omni_server.errors import OmniError, ProtocolError, SessionEnded, error_payload
+from omni_server.errors import OmniError, ProtocolError, SessionEnded
 from omni_server.media.vad import SileroVadModel, VadStream
-from omni_server.protocol import usage_payload
+from omni_server.protocol import (
+    ConversationTruncated,
+    Error,
+    OutputAudioDelta,
+    OutputTextDelta,
+    ResponseCreated,
+    ResponseDone,
+    ResponseListen,
+    Send,
+    usage_payload,
+)
 from omni_server.session.playback import Playback
 from omni_server.session.turns import SpeechStarted, SpeechStopped, TurnConfig, TurnDetector
 from omni_server.session.units import PreRoll, UnitCutter
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[..., Awaitable[None]]  # send(event_type, **fields)
 Samples = npt.NDArray[np.float32]
 # Scheduling (see docs/capacity.md): every model call carries the time by which it should start.
 PREFILL_BOUND_S = 1.0  # a unit prefilled later than this after its last sample arrived counts as late
@@ -249,7 +258,7 @@ class CallSession:
             failure = group.exceptions[0]
             assert isinstance(failure, OmniError)
             logger.warning("session failed: %s", failure.code, extra={"session_id": self.id})
-            await self._send("error", error=error_payload(failure))
+            await self._send(Error.of(failure))
             reason = "error"
         finally:
             await self._worker.release(self._conv)
@@ -308,10 +317,10 @@ class CallSession:
                     continue  # the user talks over the reply, and this call does not allow barge-in
                 await self._interrupt()
                 self._in_turn, fed = True, True
-                await self._send("input.speech_started", audio_start_ms=_ms(event.sample_index))
+                await self._send(protocol.SpeechStarted(audio_start_ms=_ms(event.sample_index)))
                 await self._feed_units(self._preroll.take())
             elif isinstance(event, SpeechStopped) and self._in_turn:
-                await self._send("input.speech_stopped", audio_end_ms=_ms(event.sample_index))
+                await self._send(protocol.SpeechStopped(audio_end_ms=_ms(event.sample_index)))
                 await self._end_turn()
         if self._in_turn and not fed:
             await self._feed_units(samples)
@@ -406,11 +415,11 @@ class CallSession:
         note = _MEMORY_NOTE[self.config.language].format(text=recent) if recent else None
         await self._prefill_system_prompt(note)
         logger.info("context rolled over", extra={"session_id": self.id, "dropped_tokens": dropped})
-        await self._send("conversation.truncated", reason="context_full", dropped_tokens=dropped)
+        await self._send(ConversationTruncated(reason="context_full", dropped_tokens=dropped))
 
     async def _reply(self, stats: TurnStats) -> None:
         response_id = f"resp_{len(self.turns) + 1}"
-        await self._send("response.created", response_id=response_id)
+        await self._send(ResponseCreated(response_id))
         gen_kwargs: dict[str, Any] = {"max_new_tokens": self.config.max_new_tokens}
         gen_kwargs["generate_audio"] = self.config.tts_enabled
         if self.config.min_new_tokens:
@@ -432,7 +441,7 @@ class CallSession:
                     step_s = stream.step_s
                 if chunk.text:
                     text.append(chunk.text)
-                    await self._send("response.output_text.delta", response_id=response_id, text=chunk.text)
+                    await self._send(OutputTextDelta(response_id, chunk.text))
                 if chunk.audio.size:
                     now = self._clock()
                     if stats.first_audio_at is None:
@@ -443,13 +452,8 @@ class CallSession:
                     if self.audio_sink is not None:
                         self.audio_sink.write(chunk.audio)
                     else:
-                        await self._send(
-                            "response.output_audio.delta",
-                            response_id=response_id,
-                            audio=base64.b64encode(chunk.audio.astype("<f4").tobytes()).decode("ascii"),
-                            sample_rate=OUTPUT_SAMPLE_RATE_HZ,
-                            ahead_of_playback_ms=round(stats.playback.ahead_s(now) * 1000, 1),
-                        )
+                        ahead_ms = round(stats.playback.ahead_s(now) * 1000, 1)
+                        await self._send(OutputAudioDelta(response_id, chunk.audio, OUTPUT_SAMPLE_RATE_HZ, ahead_ms))
                 if self._closing:
                     status = "interrupted"
                     break
@@ -472,14 +476,14 @@ class CallSession:
             timings = stats.as_dict(self._conv.compute_s, self.late_units)
             self.turns.append({"status": status, **timings})
             if barged_in:
-                await asyncio.shield(self._send("response.listen", response_id=response_id, reason="interrupted"))
+                await asyncio.shield(self._send(ResponseListen(response_id, reason="interrupted")))
             await asyncio.shield(self._send_done(response_id, status, output, timings))
 
     async def _send_done(self, response_id: str, status: str, output: int, timings: dict[str, Any]) -> None:
         u = self.usage
         usage = usage_payload(u["input_tokens"], u["output_tokens"], u["audio_tokens"], u["vision_tokens"])
         response = {"id": response_id, "status": status, "output_tokens": output, "usage": usage}
-        await self._send("response.done", response=response, timings=timings)
+        await self._send(ResponseDone(response, timings))
 
     def _chunk_deadline(self, stats: TurnStats, step_s: float) -> float:
         """When the next chunk must start: in time for the listener not to run dry; the first soon after the turn."""
