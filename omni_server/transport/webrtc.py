@@ -44,6 +44,7 @@ from omni_server.metrics import ServerMetrics
 from omni_server.protocol import (
     Error,
     InputAppend,
+    InputAudio,
     Send,
     ServerEvent,
     SessionClose,
@@ -295,7 +296,9 @@ class WebRtcEndpoint(CallEndpoint):
         """One client event during the call; a bad one gets an `error` on the data channel."""
         try:
             event = decode_client_event(raw, max_bytes=self.settings.max_message_bytes)
-            if isinstance(event, InputAppend) and (event.audio_base64 or event.video_frames_base64):
+            if isinstance(event, InputAudio) or (
+                isinstance(event, InputAppend) and (event.audio_base64 or event.video_frames_base64)
+            ):
                 raise ProtocolError("On a WebRTC call, audio and video travel on the media tracks.")
             if not self.control(event, session):
                 raise ProtocolError(

@@ -20,8 +20,17 @@ from websockets.exceptions import ConnectionClosed
 
 from omni_server.errors import OmniError, ProtocolError, SessionEnded
 from omni_server.media.images import ImageFormatError, decode_image
-from omni_server.media.pcm import AudioFormatError, decode_f32_base64
-from omni_server.protocol import Error, InputAppend, Send, SessionClose, SessionInit, WebRtcOffer, decode_client_event
+from omni_server.media.pcm import AudioFormatError, decode_f32_base64, decode_pcm
+from omni_server.protocol import (
+    Error,
+    InputAppend,
+    InputAudio,
+    Send,
+    SessionClose,
+    SessionInit,
+    WebRtcOffer,
+    decode_client_event,
+)
 from omni_server.session.session import CallSession
 from omni_server.transport.calls import CallEndpoint, error_event, sender
 
@@ -98,7 +107,9 @@ class RealtimeEndpoint(CallEndpoint):
 
     async def _dispatch(self, event: object, session: CallSession) -> None:
         s = self.settings
-        if isinstance(event, InputAppend):
+        if isinstance(event, InputAudio):  # ours: a binary message, no JSON and no base64 (docs/protocol.md)
+            session.push_audio(decode_pcm(event.pcm, event.sample_format, max_samples=int(s.max_append_s * 16000)))
+        elif isinstance(event, InputAppend):
             self.control(event, session)
             image = None
             if event.video_frames_base64 and session.config.video:

@@ -72,12 +72,23 @@ class RawClient:
     async def append(self, samples: npt.NDArray[np.float32], **extra: Any) -> None:
         await self.send("input.append", input={"audio": b64_audio(samples), **extra})
 
-    async def speak(self, speech: npt.NDArray[np.float32], *, piece_s: float = 0.1, tail_s: float = 1.0) -> None:
-        """Send speech then silence in pieces, a little faster than real time."""
+    async def append_binary(self, samples: npt.NDArray[np.float32], kind: int = 1) -> None:
+        """Ours: a binary audio message, float32 (kind 1) or int16 (kind 2)."""
+        pcm = samples.astype("<f4") if kind == 1 else np.clip(np.rint(samples * 32768), -32768, 32767).astype("<i2")
+        await self.ws.send(bytes([kind, 0, 0, 0]) + pcm.tobytes())
+
+    async def speak(
+        self, speech: npt.NDArray[np.float32], *, piece_s: float = 0.1, tail_s: float = 1.0, binary: int = 0
+    ) -> None:
+        """Send speech then silence in pieces, a little faster than real time (`binary`: as binary messages
+        of that kind instead of input.append)."""
         audio = np.concatenate([speech, np.zeros(int(16000 * tail_s), np.float32)])
         step = int(16000 * piece_s)
         for start in range(0, len(audio), step):
-            await self.append(audio[start : start + step])
+            if binary:
+                await self.append_binary(audio[start : start + step], binary)
+            else:
+                await self.append(audio[start : start + step])
             await asyncio.sleep(0.002)
 
     def of_type(self, event_type: str) -> list[dict[str, Any]]:
