@@ -40,7 +40,8 @@ from omni_server.protocol import (
     encode,
 )
 from omni_server.session.manager import SessionManager
-from omni_server.session.session import AudioSink, CallConfig, CallSession, describe_engine
+from omni_server.session.reply import AudioSink
+from omni_server.session.session import CallConfig, CallSession, describe_engine
 from omni_server.transport.guard import SlowClient
 
 logger = logging.getLogger(__name__)
