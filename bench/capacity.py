@@ -41,6 +41,7 @@ from omni_server.engine.cost import EngineCost
 from omni_server.engine.tiny import build_tiny_engine
 from omni_server.engine.worker import EngineWorker
 from omni_server.media.vad import SileroVadModel
+from omni_server.media.vad_batch import VadBatcher
 from omni_server.protocol import OutputAudioDelta, ResponseDone, Send, ServerEvent
 from omni_server.session.playback import Playback
 from omni_server.session.session import CallConfig, CallSession
@@ -163,7 +164,7 @@ class Level:
         return sum(t.playback.underrun_s for t in self.turns)
 
 
-async def run_level(n: int, args: argparse.Namespace, utterance: Samples, vad_model: SileroVadModel) -> Level:
+async def run_level(n: int, args: argparse.Namespace, utterance: Samples, vad: VadBatcher) -> Level:
     cost = EngineCost.parse(args.engine_cost)
     worker = EngineWorker(build_tiny_engine(seed=args.seed, cost=cost))
     try:
@@ -171,7 +172,7 @@ async def run_level(n: int, args: argparse.Namespace, utterance: Samples, vad_mo
         config = CallConfig(max_new_tokens=args.reply_tokens, min_new_tokens=3, max_call_s=3600.0)
 
         def session(call_id: str, send: Send) -> CallSession:
-            return CallSession(call_id, worker, config, send, vad_model)
+            return CallSession(call_id, worker, config, send, vad)
 
         callers = [Caller(session, f"cap{n}-{i}", utterance, args.pause_s) for i in range(n)]
         cycle_s = len(utterance) / INPUT_RATE_HZ + 1.5 + args.reply_tokens * 0.064 + args.pause_s
@@ -220,11 +221,14 @@ def table(levels: list[Level], ratio_limit: float) -> tuple[list[str], int]:
 async def bench(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="omni-capacity-") as tmp:
         utterance = espeak(Path(tmp), args.utterance)
-    vad_model = SileroVadModel()
+    vad = VadBatcher(SileroVadModel())
     levels = []
-    for n in [int(x) for x in args.calls.split(",")]:
-        levels.append(await run_level(n, args, utterance, vad_model))
-        print(f"{n} calls: {len(levels[-1].turns)} turns", file=sys.stderr, flush=True)
+    try:
+        for n in [int(x) for x in args.calls.split(",")]:
+            levels.append(await run_level(n, args, utterance, vad))
+            print(f"{n} calls: {len(levels[-1].turns)} turns", file=sys.stderr, flush=True)
+    finally:
+        vad.close()
     rows, best = table(levels, args.ratio_limit)
     reply_s = args.reply_tokens * 0.064
     return [

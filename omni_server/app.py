@@ -201,6 +201,7 @@ class OmniServer:
                 await self._server.wait_closed()
         if hasattr(self, "worker"):
             await asyncio.to_thread(self.worker.close)
+            await asyncio.to_thread(self.manager.vad.close)
 
     async def _handle(self, ws: ServerConnection) -> None:
         if not self._settled.is_set() or self.state != "ready":

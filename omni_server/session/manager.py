@@ -22,6 +22,7 @@ from omni_server.config import Settings
 from omni_server.engine.client import EngineClient
 from omni_server.library.choice import choose_voice, decode_limits_for, store_for
 from omni_server.media.vad import SileroVadModel
+from omni_server.media.vad_batch import VadBatcher
 from omni_server.protocol import Send, SessionInit
 from omni_server.session.admission import Admission, OnQueued
 from omni_server.session.session import CallConfig, CallSession
@@ -36,7 +37,8 @@ class SessionManager:
     def __init__(self, settings: Settings, worker: EngineClient[Any], vad_model: SileroVadModel) -> None:
         self.settings = settings
         self.worker = worker
-        self.vad_model = vad_model
+        self.vad_model = vad_model  # voice preparation runs it directly
+        self.vad = VadBatcher(vad_model)  # every call's turn detection, batched (media/vad_batch.py)
         # Each call reserves the KV cache of its longest context (a session.init may only lower it).
         self.call_kv_bytes = settings.max_context_tokens * worker.info.kv_bytes_per_token
         kv_budget_bytes = int(settings.kv_budget_gb * 1e9)
@@ -106,7 +108,7 @@ class SessionManager:
         return self.worker
 
     def create(self, call_id: str, config: CallConfig, send: Send) -> CallSession:
-        session = CallSession(call_id, self.engine_for(call_id), config, send, self.vad_model)
+        session = CallSession(call_id, self.engine_for(call_id), config, send, self.vad)
         self.sessions[call_id] = session
         return session
 

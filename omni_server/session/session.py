@@ -38,7 +38,7 @@ from omni_server import protocol
 from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, EngineInfo
 from omni_server.engine.client import ConversationHandle, EngineClient
 from omni_server.errors import OmniError, ProtocolError, SessionEnded
-from omni_server.media.vad import SileroVadModel, VadStream
+from omni_server.media.vad_batch import VadBatcher
 from omni_server.protocol import (
     ConversationTruncated,
     Error,
@@ -49,6 +49,7 @@ from omni_server.protocol import (
 from omni_server.session.reply import AudioSink, Reply, TurnStats
 from omni_server.session.turns import SpeechStarted, SpeechStopped, TurnConfig, TurnDetector
 from omni_server.session.units import PreRoll, UnitCutter
+from omni_server.session.vad_feed import CallVad
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,6 @@ PREFILL_BOUND_S = 1.0  # a unit prefilled later than this after its last sample 
 # ... but is due much sooner: the input loop (and so turn detection) waits on each prefill, and a unit
 # costs tens of ms, so it goes ahead of any reply chunk whose listener has more than this buffered.
 PREFILL_START_S = 0.2
-# Pieces up to this size run silero on the event loop (at most ~2 ms); longer ones go to a thread.
-_INLINE_VAD_SAMPLES = INPUT_SAMPLE_RATE_HZ // 4
 _CLOSE_CHUNK_WAIT_S = 1.0
 _VOICE_MODES = {"assistant": "audio_assistant", "roleplay": "audio_roleplay", "voice_cloning": "voice_cloning"}
 _MEMORY_NOTE = {
@@ -109,7 +108,7 @@ class CallSession:
         worker: EngineClient[Any],
         config: CallConfig,
         send: Send,
-        vad_model: SileroVadModel,
+        vad: VadBatcher,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -118,7 +117,7 @@ class CallSession:
         self.config = config
         self._send = send
         self._clock = clock
-        self._vad = VadStream(vad_model)
+        self._vad = CallVad(vad)
         self._turns = TurnDetector(config.turn)
         self._preroll = PreRoll(config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000)
         self._cutter = UnitCutter(INPUT_SAMPLE_RATE_HZ)
@@ -250,10 +249,7 @@ class CallSession:
         if not self.config.turn_detection:
             await self._feed_units(samples)
             return
-        if len(samples) <= _INLINE_VAD_SAMPLES:
-            probs = self._vad.feed(samples)  # ~0.25 ms a window: cheaper than a thread hop
-        else:
-            probs = await asyncio.to_thread(self._vad.feed, samples)
+        probs = await self._vad.feed(samples)  # batched with every other call's windows, off the loop
         events = self._turns.feed(probs)
         fed = False
         if not self._in_turn:
