@@ -41,10 +41,10 @@ from omni_server.engine.cost import EngineCost
 from omni_server.engine.tiny import build_tiny_engine
 from omni_server.engine.worker import EngineWorker
 from omni_server.media.vad import SileroVadModel
-from omni_server.media.vad_batch import VadBatcher
 from omni_server.protocol import OutputAudioDelta, ResponseDone, Send, ServerEvent
 from omni_server.session.playback import Playback
 from omni_server.session.session import CallConfig, CallSession
+from omni_server.session.vad_feed import VadFeed
 
 UTTERANCE = "Could you tell me a short story about a small robot who learns to paint the sea at night?"
 LEAD_SILENCE_S = 0.4  # before each utterance, so the VAD sees a clean onset
@@ -164,7 +164,7 @@ class Level:
         return sum(t.playback.underrun_s for t in self.turns)
 
 
-async def run_level(n: int, args: argparse.Namespace, utterance: Samples, vad: VadBatcher) -> Level:
+async def run_level(n: int, args: argparse.Namespace, utterance: Samples, vad: VadFeed) -> Level:
     cost = EngineCost.parse(args.engine_cost)
     worker = EngineWorker(build_tiny_engine(seed=args.seed, cost=cost))
     try:
@@ -221,7 +221,7 @@ def table(levels: list[Level], ratio_limit: float) -> tuple[list[str], int]:
 async def bench(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="omni-capacity-") as tmp:
         utterance = espeak(Path(tmp), args.utterance)
-    vad = VadBatcher(SileroVadModel())
+    vad = VadFeed(SileroVadModel())
     levels = []
     try:
         for n in [int(x) for x in args.calls.split(",")]:

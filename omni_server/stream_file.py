@@ -20,9 +20,9 @@ from omni_server.config import load_settings
 from omni_server.engine.loader import load_engine
 from omni_server.engine.worker import EngineWorker
 from omni_server.media.vad import SileroVadModel
-from omni_server.media.vad_batch import VadBatcher
 from omni_server.protocol import Error, OutputAudioDelta, OutputTextDelta, ResponseDone, ServerEvent
 from omni_server.session.session import CallConfig, CallSession
+from omni_server.session.vad_feed import VadFeed
 
 Unit = tuple[Image.Image, npt.NDArray[np.float32]]
 
@@ -69,7 +69,7 @@ async def stream(
         max_new_tokens=max_new_tokens,
         max_pending_audio_s=len(units) + 1.0,  # the whole file is queued at once
     )
-    session = CallSession("file", worker, config, send, VadBatcher(SileroVadModel()))  # never fed: no turn detection
+    session = CallSession("file", worker, config, send, VadFeed(SileroVadModel()))  # never fed: no turn detection
     await session.start()
     async with asyncio.TaskGroup() as tg:
         run = tg.create_task(session.run())

@@ -15,6 +15,7 @@ from omni_server.config import Settings
 from omni_server.engine.tiny import build_tiny_engine
 from omni_server.media.vad import SileroVadModel
 from omni_server.media.vad_batch import VadBatcher
+from omni_server.session.vad_feed import VadFeed
 from tests import speech
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,6 +56,14 @@ def vad_batcher(vad_model: SileroVadModel) -> Iterator[VadBatcher]:
     batcher = VadBatcher(vad_model)
     yield batcher
     batcher.close()
+
+
+@pytest.fixture
+def vad_feed(vad_model: SileroVadModel) -> Iterator[VadFeed]:
+    """Calls' VAD, as the session manager makes it, closed (its thread joined) after the test."""
+    feed = VadFeed(vad_model)
+    yield feed
+    feed.close()
 
 
 def server_settings(tmp_path: Path, **overrides: object) -> Settings:

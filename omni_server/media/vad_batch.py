@@ -7,17 +7,20 @@ Owns `VadBatcher` (one loaded model, the requests waiting for it, and the thread
 - on the caller's thread (the event loop), `submit` cuts the samples into 576-sample model inputs (64
   samples of context + a 512-sample window, exactly as `VadStream` does); a piece that completes no
   window is answered at once, without touching the batcher;
-- the batcher's thread runs *rounds*: each round stacks the next window of every stream that has one
-  waiting (`(B, 576)` inputs, the streams' states side by side as `(2, B, 128)`) into one
-  `SileroVadModel.infer_batch`, and hands each stream its probability and new state. A request with
-  several windows (a long piece) takes one per round, in order; requests that arrive meanwhile join
-  the next round, so a 5 s piece never holds a 20 ms one back by more than one round;
-- a finished request's `on_done` is called on the batcher's thread (the session's adapter,
-  `session.vad_feed`, hands it to its event loop).
+- the batcher's thread runs *rounds*, at most one per `tick_s` (4 ms): each round stacks the next
+  window of every stream that has one waiting (`(B, 576)` inputs, the streams' states side by side as
+  `(2, B, 128)`) into one `SileroVadModel.infer_batch`, and hands each stream its probability and new
+  state. A request with several windows (a long piece) takes one per round, in order, without
+  waiting for ticks; requests that arrive meanwhile join the next round, so a 5 s piece never holds
+  a 20 ms one back by more than one round;
+- a finished request's `on_done` is called on the batcher's thread, then `after_round` once per
+  round (the session's adapter, `session.vad_feed`, hands a round's results to its event loop in one
+  callback).
 
 Why: per 20 ms piece a call used to pay a whole `InferenceSession.run` for a 1-row input on the event
-loop (~0.2 ms, most of it fixed cost): with 50 calls that was a third of the loop's time. Batched, the
-fixed cost is paid once per round, and onnxruntime runs without the GIL while the loop goes on.
+loop (~0.2 ms, most of it fixed cost): with 10 calls that was over a third of the loop's busy time
+(bench/RESULTS.md, "Scale"). Batched, the fixed cost is paid once per round, onnxruntime runs without
+the GIL while the loop goes on, and the loop pays no thread wake-up per piece.
 Probabilities equal `VadStream`'s (row `b` of the model depends only on row `b`; a test checks turn
 decisions on real speech).
 
@@ -29,6 +32,7 @@ torch, sockets, the session or the transport.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,7 +46,9 @@ __all__ = ["BatchedVadStream", "VadBatcher"]
 Probs = npt.NDArray[np.float32]
 OnDone = Callable[[Probs | BaseException], None]  # called on the batcher's thread
 _FRAME_SAMPLES = CONTEXT_SAMPLES + WINDOW_SAMPLES
+_NO_FRAMES = np.zeros((0, _FRAME_SAMPLES), dtype=np.float32)
 MAX_BATCH = 64  # windows per ONNX call: past this the per-window cost stops falling
+TICK_S = 0.004  # the batcher's thread runs at most one round per tick (see VadBatcher)
 
 
 @dataclass(eq=False)
@@ -60,17 +66,36 @@ class _Request:
 
 
 class VadBatcher:
-    """Runs the due windows of any number of `BatchedVadStream`s together, on one thread of its own."""
+    """Runs the due windows of any number of `BatchedVadStream`s together, on one thread of its own.
 
-    def __init__(self, model: SileroVadModel, *, max_batch: int = MAX_BATCH, idle_exit_s: float = 5.0) -> None:
+    Between rounds the thread sleeps `tick_s`, so the windows that arrive meanwhile share the next ONNX
+    call (at most `tick_s` of added latency to a turn decision); a request never waits on a wake-up
+    signal, only on that tick, so submitting costs the event loop an uncontended lock and no syscall.
+    """
+
+    def __init__(
+        self,
+        model: SileroVadModel,
+        *,
+        max_batch: int = MAX_BATCH,
+        tick_s: float = TICK_S,
+        idle_exit_s: float = 5.0,
+        after_round: Callable[[], None] | None = None,
+    ) -> None:
+        """`after_round`, if given, is called on the batcher's thread after each round that finished
+        requests (after their `on_done`s), so a caller can hand a round's results on all at once."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model = model
         self.max_batch = max_batch
+        self.tick_s = tick_s
         self.idle_exit_s = idle_exit_s
-        self._cond = threading.Condition()
-        self._pending: list[_Request] = []
+        self._after_round = after_round
+        self._lock = threading.Lock()  # guards _queue, _thread, _idle, _closed
+        self._queue: list[_Request] = []
         self._thread: threading.Thread | None = None
+        self._idle = False  # the thread waits on _wake (no work for a while), rather than ticking
+        self._wake = threading.Event()
         self._closed = False
         # Counters, for tests and benchmarks: ONNX calls made and windows they ran.
         self.rounds = 0
@@ -83,37 +108,49 @@ class VadBatcher:
 
     def close(self) -> None:
         """Finish the requests already queued, then stop the thread; later requests raise RuntimeError."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             thread = self._thread
-            self._cond.notify()
+            self._wake.set()
         if thread is not None:
             thread.join()
 
     def _submit(self, request: _Request) -> None:
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise RuntimeError("the VAD batcher is closed")
-            self._pending.append(request)
+            self._queue.append(request)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="vad-batch", daemon=True)
                 self._thread.start()
-            else:
-                self._cond.notify()
+            elif self._idle:  # only on the way from no work to work: a wake-up costs a syscall
+                self._idle = False
+                self._wake.set()
 
     def _run(self) -> None:
         active: list[_Request] = []
         while True:
-            with self._cond:
-                if not active and not self._pending and not self._closed:
-                    self._cond.wait(self.idle_exit_s)
-                active += self._pending
-                self._pending.clear()
+            with self._lock:
+                active += self._queue
+                self._queue.clear()
                 if not active:
-                    self._thread = None  # under the lock: the next `_submit` starts a new thread
-                    return
+                    if self._closed:
+                        self._thread = None
+                        return
+                    self._idle = True
+                    self._wake.clear()
+            if not active:  # nothing for a whole tick: wait for work, or end after idle_exit_s
+                woke = self._wake.wait(self.idle_exit_s)
+                with self._lock:
+                    self._idle = False
+                    if not woke and not self._queue:
+                        self._thread = None  # under the lock: the next `_submit` starts a new thread
+                        return
+                continue
             self._round(active)
             active = [r for r in active if r.done < len(r.frames)]
+            if not active:
+                time.sleep(self.tick_s)  # let the next windows gather; long pieces go on at once
 
     def _round(self, active: list[_Request]) -> None:
         """One ONNX call: the next window of (up to `max_batch` of) the active requests."""
@@ -127,6 +164,8 @@ class VadBatcher:
                 r.done = len(r.frames)
                 r.stream.busy = False
                 r.on_done(e)
+            if self._after_round is not None:
+                self._after_round()
             return
         for i, r in enumerate(batch):
             r.probs[r.done] = probs[i]
@@ -135,11 +174,15 @@ class VadBatcher:
         self.rounds += 1
         self.windows += len(batch)
         self.largest_batch = max(self.largest_batch, len(batch))
+        finished = False
         for r in batch:
             if r.done == len(r.frames):
                 r.stream.windows_processed += len(r.frames)
                 r.stream.busy = False
                 r.on_done(r.probs)
+                finished = True
+        if finished and self._after_round is not None:
+            self._after_round()
 
 
 class BatchedVadStream:
@@ -190,10 +233,11 @@ class BatchedVadStream:
         if count == 0:
             self._buffer[start : start + x.size] = x
             self._filled = total
-            return np.zeros((0, _FRAME_SAMPLES), dtype=np.float32)
+            return _NO_FRAMES
         audio = np.concatenate([self._buffer[:start], x])  # context, then every sample not yet in a window
-        step = np.lib.stride_tricks.sliding_window_view(audio, _FRAME_SAMPLES)[::WINDOW_SAMPLES]
-        frames = np.ascontiguousarray(step[:count])
+        frames = np.empty((count, _FRAME_SAMPLES), dtype=np.float32)
+        for k in range(count):
+            frames[k] = audio[k * WINDOW_SAMPLES : k * WINDOW_SAMPLES + _FRAME_SAMPLES]
         rest = audio[count * WINDOW_SAMPLES :]  # the next window's context and its samples so far
         self._buffer[: rest.size] = rest
         self._filled = rest.size - CONTEXT_SAMPLES

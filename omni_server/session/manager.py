@@ -22,11 +22,11 @@ from omni_server.config import Settings
 from omni_server.engine.client import EngineClient
 from omni_server.library.choice import choose_voice, decode_limits_for, store_for
 from omni_server.media.vad import SileroVadModel
-from omni_server.media.vad_batch import VadBatcher
 from omni_server.protocol import Send, SessionInit
 from omni_server.session.admission import Admission, OnQueued
 from omni_server.session.session import CallConfig, CallSession
 from omni_server.session.turns import TurnConfig
+from omni_server.session.vad_feed import VadFeed
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class SessionManager:
         self.settings = settings
         self.worker = worker
         self.vad_model = vad_model  # voice preparation runs it directly
-        self.vad = VadBatcher(vad_model)  # every call's turn detection, batched (media/vad_batch.py)
+        self.vad = VadFeed(vad_model)  # every call's turn detection, batched (media/vad_batch.py)
         # Each call reserves the KV cache of its longest context (a session.init may only lower it).
         self.call_kv_bytes = settings.max_context_tokens * worker.info.kv_bytes_per_token
         kv_budget_bytes = int(settings.kv_budget_gb * 1e9)

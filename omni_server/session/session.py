@@ -38,7 +38,6 @@ from omni_server import protocol
 from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, EngineInfo
 from omni_server.engine.client import ConversationHandle, EngineClient
 from omni_server.errors import OmniError, ProtocolError, SessionEnded
-from omni_server.media.vad_batch import VadBatcher
 from omni_server.protocol import (
     ConversationTruncated,
     Error,
@@ -49,7 +48,7 @@ from omni_server.protocol import (
 from omni_server.session.reply import AudioSink, Reply, TurnStats
 from omni_server.session.turns import SpeechStarted, SpeechStopped, TurnConfig, TurnDetector
 from omni_server.session.units import PreRoll, UnitCutter
-from omni_server.session.vad_feed import CallVad
+from omni_server.session.vad_feed import VadFeed
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ class CallSession:
         worker: EngineClient[Any],
         config: CallConfig,
         send: Send,
-        vad: VadBatcher,
+        vad: VadFeed,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -117,7 +116,7 @@ class CallSession:
         self.config = config
         self._send = send
         self._clock = clock
-        self._vad = CallVad(vad)
+        self._vad = vad.stream()
         self._turns = TurnDetector(config.turn)
         self._preroll = PreRoll(config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000)
         self._cutter = UnitCutter(INPUT_SAMPLE_RATE_HZ)

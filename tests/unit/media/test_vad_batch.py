@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from omni_server.media.vad_batch import BatchedVadStream, OnDone, VadBatcher
 from omni_server.session.turns import TurnConfig, TurnDetector, TurnEvent
 from tests import speech
 from tests.conftest import timeout
+from tests.vad_models import BrokenModel, GatedModel
 
 PIECE = 320  # 20 ms, as a browser sends it
 Probs = npt.NDArray[np.float32]
@@ -101,24 +101,9 @@ def test_pieces_of_any_size_give_the_same_windows(vad_model: SileroVadModel, vad
     assert stream.pending_samples == audio.size % WINDOW_SAMPLES
 
 
-class _GatedModel(SileroVadModel):
-    """The real model, whose first batch waits until the test opens the gate."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered, self.gate = threading.Event(), threading.Event()
-        self.batch_sizes: list[int] = []
-
-    def infer_batch(self, frames: Probs, states: Probs) -> tuple[Probs, Probs]:
-        self.entered.set()
-        self.gate.wait(timeout(10))
-        self.batch_sizes.append(len(frames))
-        return super().infer_batch(frames, states)
-
-
 def test_a_long_piece_does_not_hold_back_other_calls() -> None:
     """A 20 ms piece's window that arrives while a 5 s piece runs joins the next round and finishes first."""
-    gated = _GatedModel()
+    gated = GatedModel()
     batcher = VadBatcher(gated)
     try:
         finished: queue.Queue[str] = queue.Queue()
@@ -134,16 +119,21 @@ def test_a_long_piece_does_not_hold_back_other_calls() -> None:
         batcher.close()
 
 
-def test_one_request_at_a_time_per_stream(vad_batcher: VadBatcher) -> None:
+def test_one_request_at_a_time_per_stream() -> None:
     """Feeding a stream again before its windows are done is a programming error, said plainly."""
-    stream = vad_batcher.stream()
-    results = Results()
-    assert stream.submit(np.zeros(16000, np.float32), results.on_done(0)) is None
-    if stream.busy:  # not yet done (it almost never is this soon)
+    gated = GatedModel()
+    batcher = VadBatcher(gated)
+    try:
+        stream = batcher.stream()
+        results = Results()
+        assert stream.submit(np.zeros(WINDOW_SAMPLES, np.float32), results.on_done(0)) is None
+        assert gated.entered.wait(timeout(10))
         with pytest.raises(RuntimeError, match="before its previous windows were done"):
             stream.submit(np.zeros(WINDOW_SAMPLES, np.float32), results.on_done(1))
-    assert len(results.wait(1)[0]) == 16000 // WINDOW_SAMPLES
-    assert not stream.busy
+        gated.gate.set()
+        assert list(results.wait(1)) == [0] and not stream.busy
+    finally:
+        batcher.close()
 
 
 def test_the_thread_ends_when_idle_and_comes_back(vad_model: SileroVadModel) -> None:
@@ -162,7 +152,7 @@ def test_the_thread_ends_when_idle_and_comes_back(vad_model: SileroVadModel) -> 
 
 
 def test_closed_batcher_refuses_work(vad_model: SileroVadModel) -> None:
-    """After close a piece that needs the vad_model raises; one that completes no window still buffers."""
+    """After close a piece that needs the model raises; one that completes no window still buffers."""
     batcher = VadBatcher(vad_model)
     stream = batcher.stream()
     batcher.close()
@@ -172,14 +162,9 @@ def test_closed_batcher_refuses_work(vad_model: SileroVadModel) -> None:
     assert not stream.busy
 
 
-class _BrokenModel(SileroVadModel):
-    def infer_batch(self, frames: Probs, states: Probs) -> tuple[Probs, Probs]:
-        raise RuntimeError("onnxruntime failed")
-
-
 def test_a_model_failure_reaches_the_waiting_calls() -> None:
     """If the ONNX call fails, each waiting stream gets the error instead of waiting forever."""
-    batcher = VadBatcher(_BrokenModel())
+    batcher = VadBatcher(BrokenModel())
     try:
         stream = batcher.stream()
         results = Results()
