@@ -49,6 +49,9 @@ _FRAME_SAMPLES = CONTEXT_SAMPLES + WINDOW_SAMPLES
 _NO_FRAMES = np.zeros((0, _FRAME_SAMPLES), dtype=np.float32)
 MAX_BATCH = 64  # windows per ONNX call: past this the per-window cost stops falling
 TICK_S = 0.004  # the batcher's thread runs at most one round per tick (see VadBatcher)
+# ... and keeps ticking this long without work before it waits for a wake-up: a call's pieces come every
+# 20 ms, so with any call live it never sleeps on the event, whose set() costs the loop a syscall.
+IDLE_AFTER_S = 0.25
 
 
 @dataclass(eq=False)
@@ -129,6 +132,7 @@ class VadBatcher:
 
     def _run(self) -> None:
         active: list[_Request] = []
+        quiet_ticks = 0  # ticks in a row without work
         while True:
             with self._lock:
                 active += self._queue
@@ -137,9 +141,14 @@ class VadBatcher:
                     if self._closed:
                         self._thread = None
                         return
-                    self._idle = True
-                    self._wake.clear()
-            if not active:  # nothing for a whole tick: wait for work, or end after idle_exit_s
+                    quiet_ticks += 1
+                    if quiet_ticks * self.tick_s >= IDLE_AFTER_S:
+                        self._idle = True
+                        self._wake.clear()
+            if not active and not self._idle:  # a quiet tick: the next piece is probably on its way
+                time.sleep(self.tick_s)
+                continue
+            if not active:  # quiet for IDLE_AFTER_S: wait for work, or end after idle_exit_s
                 woke = self._wake.wait(self.idle_exit_s)
                 with self._lock:
                     self._idle = False
@@ -147,6 +156,7 @@ class VadBatcher:
                         self._thread = None  # under the lock: the next `_submit` starts a new thread
                         return
                 continue
+            quiet_ticks = 0
             self._round(active)
             active = [r for r in active if r.done < len(r.frames)]
             if not active:
@@ -226,19 +236,32 @@ class BatchedVadStream:
         return None
 
     def _cut(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """The model inputs (context + window) of every window `x` completes; keeps the rest for later."""
+        """The model inputs (context + window) of every window `x` completes; keeps the rest for later.
+
+        The stream is `_buffer[:start]` (context and the samples so far) followed by `x`; window `k`'s
+        input is that stream's `[512 k, 512 k + 576)`."""
         start = CONTEXT_SAMPLES + self._filled
-        total = self._filled + x.size
-        count = total // WINDOW_SAMPLES
+        count = (self._filled + x.size) // WINDOW_SAMPLES
         if count == 0:
             self._buffer[start : start + x.size] = x
-            self._filled = total
+            self._filled += x.size
             return _NO_FRAMES
-        audio = np.concatenate([self._buffer[:start], x])  # context, then every sample not yet in a window
         frames = np.empty((count, _FRAME_SAMPLES), dtype=np.float32)
         for k in range(count):
-            frames[k] = audio[k * WINDOW_SAMPLES : k * WINDOW_SAMPLES + _FRAME_SAMPLES]
-        rest = audio[count * WINDOW_SAMPLES :]  # the next window's context and its samples so far
-        self._buffer[: rest.size] = rest
-        self._filled = rest.size - CONTEXT_SAMPLES
+            lo = k * WINDOW_SAMPLES
+            if lo < start:  # the first window (or two) begin in the buffer
+                frames[k, : start - lo] = self._buffer[lo:start]
+                frames[k, start - lo :] = x[: lo + _FRAME_SAMPLES - start]
+            else:
+                frames[k] = x[lo - start : lo - start + _FRAME_SAMPLES]
+        # Keep the next window's context and its samples so far: the stream from 512 * count on.
+        cut = count * WINDOW_SAMPLES
+        if cut >= start:
+            rest = x[cut - start :]
+            self._buffer[: rest.size] = rest
+        else:  # the context begins in the buffer (it held more than 448 samples)
+            keep = start - cut
+            self._buffer[:keep] = self._buffer[cut:start].copy()
+            self._buffer[keep : keep + x.size] = x
+        self._filled = start + x.size - cut - CONTEXT_SAMPLES
         return frames

@@ -91,7 +91,8 @@ def test_pieces_of_any_size_give_the_same_windows(vad_model: SileroVadModel, vad
     rng = np.random.default_rng(0)
     audio = (np.sin(np.arange(48000) * 0.07) * (rng.random(48000) > 0.5) * 0.3).astype(np.float32)
     stream = vad_batcher.stream()
-    sizes = [0, 1, 511, 1, WINDOW_SAMPLES, 3 * WINDOW_SAMPLES + 7, 20000, 0, 5]
+    # 500 then 100: a window completes while its context still lies in the buffer.
+    sizes = [0, 1, 511, 1, WINDOW_SAMPLES, 3 * WINDOW_SAMPLES + 7, 500, 100, 20000, 0, 5]
     pieces, pos = [], 0
     for n in [*sizes, audio.size]:
         pieces.append(feed(stream, audio[pos : pos + n]))
