@@ -13,7 +13,8 @@ import asyncio
 import functools
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from omni_server.app import EngineLoader, OmniServer, RemoteEngines
 from omni_server.config import Settings, load_settings
@@ -78,7 +79,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(settings.log_level, json_lines=settings.log_json)
     for line in settings.describe():
         logger.info("setting %s", line)
-    asyncio.run(serve_forever(settings))
+    run(serve_forever(settings), settings.event_loop)
+
+
+def run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Run the server on uvloop (`event_loop` uvloop, or auto where uvloop is installed) or asyncio's loop."""
+    if event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                raise SystemExit("--event-loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        else:
+            logger.info("event loop: uvloop")
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,7 @@ class OmniServer:
             process_request=self._process_request,
             subprotocols=[SUBPROTOCOL, LIBRARY_SUBPROTOCOL],  # type: ignore[list-item]
             max_size=self.settings.max_message_bytes,
+            compression="deflate" if self.settings.ws_compression else None,
             server_header="omni_server",
             create_connection=connection,  # type: ignore[arg-type]
         )

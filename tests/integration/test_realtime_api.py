@@ -26,6 +26,17 @@ async def test_token_is_required(server: OmniServer) -> None:
         assert info.value.response.status_code == 401
 
 
+async def test_no_compression_unless_asked(tmp_path: Path) -> None:
+    """permessage-deflate is declined by default (it cost the loop more than the audio it shrank) and accepted with ws_compression."""
+    for enabled in (False, True):
+        async with OmniServer(server_settings(tmp_path, ws_compression=enabled), build_tiny_engine()) as server:
+            client = await RawClient.connect(server)  # websockets offers permessage-deflate
+            assert client.ws.response is not None
+            extensions = client.ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert ("permessage-deflate" in extensions) is enabled
+            await client.close()
+
+
 async def test_session_created_says_engine_is_noise(server: OmniServer) -> None:
     """The handshake ends in session.created, which warns that the tiny engine's replies are noise."""
     client = await RawClient.connect(server)
