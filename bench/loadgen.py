@@ -32,7 +32,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,9 +129,11 @@ async def run_phase(
     silence_ms: int,
     seed: int,
     processes: int | None = None,
+    transport: str = "websocket",
 ) -> PhaseResult:
     """Run `sessions` callers in worker processes from a common start until `duration_s` (or `max_turns`),
-    and read the server's CPU over that time."""
+    and read the server's CPU over that time. `transport` "webrtc": aiortc calls (`bench.webrtc`),
+    which talk until the deadline whatever `max_turns` says."""
     count = min(sessions, processes or default_processes(sessions))
     shares = [sessions // count + (i < sessions % count) for i in range(count)]
     rng = random.Random(seed)
@@ -163,6 +165,7 @@ async def run_phase(
                 "silence_ms": silence_ms,
                 "max_turns": max_turns,
                 "offsets": offsets[first : first + share],
+                "transport": transport,
             }
             first += share
             await worker.send({"config": config})
@@ -239,7 +242,25 @@ async def worker_main() -> None:
     audio = np.frombuffer(base64.b64decode(config["audio"]), dtype="<f4").astype(np.float32)
     fixture = fixture_from_audio(audio, binary=bool(config["binary"]))
     offsets: Sequence[float] = config["offsets"]
+    if config["transport"] == "webrtc":
+        from bench.webrtc import RtcCallers  # aiortc is imported only where WebRTC calls are made
+
+        async with RtcCallers(server, fixture) as rtc:
+            await rtc.connect(len(offsets))
+            await _talk(lambda begin_at, stop_at: rtc.talk(offsets, begin_at, stop_at))
+        return
     callers = await _connect_all(server, fixture, int(config["silence_ms"]), len(offsets))
+
+    async def talk(begin_at: float, stop_at: float) -> list[CallRecord]:
+        turns = int(config["max_turns"])
+        await asyncio.gather(*(c.run(begin_at + o, stop_at, turns) for c, o in zip(callers, offsets, strict=True)))
+        return [c.record() for c in callers]
+
+    await _talk(talk)
+
+
+async def _talk(talk: Callable[[float, float], Awaitable[list[CallRecord]]]) -> None:
+    """Say ready, wait for the common start, run `talk(begin_at, stop_at)` and answer with its calls."""
     _write_line({"ready": True})
     go = await _read_line()
     begin_at, stop_at = float(go["begin_at"]), float(go["stop_at"])
@@ -248,13 +269,11 @@ async def worker_main() -> None:
     cpu_before = time.process_time()
     monitor = asyncio.create_task(_lag_monitor(lags), name="loop-lag")
     try:
-        await asyncio.gather(
-            *(c.run(begin_at + o, stop_at, int(config["max_turns"])) for c, o in zip(callers, offsets, strict=True))
-        )
+        records = await talk(begin_at, stop_at)
     finally:
         monitor.cancel()
     cpu_s = time.process_time() - cpu_before
-    _write_line({"calls": [c.record().as_json() for c in callers], "load": {"cpu_s": cpu_s, "loop_lag_ms": lags}})
+    _write_line({"calls": [r.as_json() for r in records], "load": {"cpu_s": cpu_s, "loop_lag_ms": lags}})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
