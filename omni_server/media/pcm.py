@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 
 import numpy as np
 import numpy.typing as npt
@@ -72,7 +73,9 @@ def decode_pcm(data: bytes | memoryview, sample_format: str, *, max_samples: int
     if sample_format == "s16":
         return s16_to_f32(np.frombuffer(data, dtype=_S16_WIRE_DTYPE).astype(np.int16))
     samples = np.frombuffer(data, dtype=_WIRE_DTYPE).astype(np.float32)
-    if not np.isfinite(samples).all():
+    # A float64 sum is finite exactly when every sample is (it cannot overflow for any float32 piece this
+    # size), and costs a third of isfinite().all() on a 20 ms piece.
+    if not math.isfinite(np.add.reduce(samples, dtype=np.float64)):
         bad = int(np.count_nonzero(~np.isfinite(samples)))
         raise AudioFormatError(f"audio contains {bad} NaN or infinite sample(s)")
     return samples

@@ -143,3 +143,11 @@ def test_raw_pcm_is_validated(data: bytes, sample_format: str, match: str) -> No
     """Ragged byte lengths, too many samples and non-finite floats are refused with a user-safe message."""
     with pytest.raises(AudioFormatError, match=match):
         decode_pcm(data, sample_format, max_samples=10)
+
+
+def test_extreme_finite_samples_are_not_mistaken_for_infinite() -> None:
+    """The finiteness check sums in float64: the largest float32 values, many of them, still pass."""
+    big = np.full(80_000, np.finfo(np.float32).max, dtype="<f4")
+    big[::2] *= -1
+    np.testing.assert_array_equal(decode_pcm(big.tobytes(), "f32", max_samples=80_000), big)
+    np.testing.assert_array_equal(decode_pcm(big[1::2].tobytes(), "f32", max_samples=80_000), big[1::2])
