@@ -18,8 +18,8 @@ run: $(STAMP)
 test: $(STAMP) system-deps lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONASYNCIODEBUG=1 $(PY) -m pytest -q $(ARGS)
 
-# Every benchmark by default (results: bench/RESULTS.md); BENCH=capacity (or realtime, webrtc, cluster, voices, page, uploads)
-# runs one, and ARGS go to each one run.
+# Every benchmark by default (results: bench/RESULTS.md); BENCH=capacity (or realtime, webrtc, cluster, voices,
+# page, uploads, scale) runs one, and ARGS go to each one run.
 BENCH  ?= realtime capacity cluster page
 bench: $(STAMP)
 	for b in $(BENCH); do HF_HUB_OFFLINE=1 $(PY) -m bench.$$b $(ARGS) || exit 1; done

@@ -45,6 +45,7 @@ from omni_server.protocol import OutputAudioDelta, ResponseDone, Send, ServerEve
 from omni_server.session.lead_in import LeadIn
 from omni_server.session.playback import Playback
 from omni_server.session.session import CallConfig, CallSession
+from omni_server.session.vad_feed import VadFeed
 
 UTTERANCE = "Could you tell me a short story about a small robot who learns to paint the sea at night?"
 LEAD_SILENCE_S = 0.4  # before each utterance, so the VAD sees a clean onset
@@ -164,7 +165,7 @@ class Level:
         return sum(t.playback.underrun_s for t in self.turns)
 
 
-async def run_level(n: int, args: argparse.Namespace, utterance: Samples, vad_model: SileroVadModel) -> Level:
+async def run_level(n: int, args: argparse.Namespace, utterance: Samples, vad: VadFeed) -> Level:
     cost = EngineCost.parse(args.engine_cost)
     worker = EngineWorker(build_tiny_engine(seed=args.seed, cost=cost))
     try:
@@ -173,7 +174,7 @@ async def run_level(n: int, args: argparse.Namespace, utterance: Samples, vad_mo
         lead_in = LeadIn()  # as the server's SessionManager: one start-up hold learned over the engine's calls
 
         def session(call_id: str, send: Send) -> CallSession:
-            return CallSession(call_id, worker, config, send, vad_model, lead_in=lead_in)
+            return CallSession(call_id, worker, config, send, vad, lead_in=lead_in)
 
         callers = [Caller(session, f"cap{n}-{i}", utterance, args.pause_s) for i in range(n)]
         cycle_s = len(utterance) / INPUT_RATE_HZ + 1.5 + args.reply_tokens * 0.064 + args.pause_s
@@ -222,11 +223,14 @@ def table(levels: list[Level], ratio_limit: float) -> tuple[list[str], int]:
 async def bench(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="omni-capacity-") as tmp:
         utterance = espeak(Path(tmp), args.utterance)
-    vad_model = SileroVadModel()
+    vad = VadFeed(SileroVadModel())
     levels = []
-    for n in [int(x) for x in args.calls.split(",")]:
-        levels.append(await run_level(n, args, utterance, vad_model))
-        print(f"{n} calls: {len(levels[-1].turns)} turns", file=sys.stderr, flush=True)
+    try:
+        for n in [int(x) for x in args.calls.split(",")]:
+            levels.append(await run_level(n, args, utterance, vad))
+            print(f"{n} calls: {len(levels[-1].turns)} turns", file=sys.stderr, flush=True)
+    finally:
+        vad.close()
     rows, best = table(levels, args.ratio_limit)
     reply_s = args.reply_tokens * 0.064
     return [

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.loadgen import run_phase
 from bench.realtime import (
     PhaseResult,
     concurrency_table,
@@ -40,7 +41,6 @@ from bench.realtime import (
     machine_lines,
     make_fixture,
     pct,
-    run_phase,
     server_process,
 )
 from omni_server.cluster.launch import cluster_engines

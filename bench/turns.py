@@ -39,6 +39,7 @@ from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import ServerEvent
 from omni_server.session.session import CallConfig, CallSession
 from omni_server.session.turns import TurnConfig
+from omni_server.session.vad_feed import VadFeed
 from tests import speech
 
 PIECE = 1600
@@ -64,7 +65,7 @@ SETUPS: dict[str, dict[str, Any]] = {
 
 
 async def speak(
-    worker: EngineWorker, vad: SileroVadModel, turn_model: SmartTurnModel, setup: dict[str, Any], audio: Any
+    worker: EngineWorker, vad: VadFeed, turn_model: SmartTurnModel, setup: dict[str, Any], audio: Any
 ) -> list[dict[str, Any]]:
     """One call: the utterance in real time, then 1.5 s of silence; the `response.done` timings it got."""
     done: list[dict[str, Any]] = []
@@ -111,7 +112,7 @@ def fixtures(folder: Path) -> list[tuple[str, str, bool, npt.NDArray[np.float32]
 async def bench(engine_cost: str) -> list[str]:
     worker = EngineWorker(build_tiny_engine(seed=0, cost=EngineCost.parse(engine_cost)))
     await worker.warm_up()
-    vad, turn_model = SileroVadModel(), SmartTurnModel()
+    vad, turn_model = VadFeed(SileroVadModel()), SmartTurnModel()
     lines = [
         f"Engine cost: {engine_cost}.",
         "",
@@ -139,6 +140,7 @@ async def bench(engine_cost: str) -> list[str]:
                         summary[name].append(first["speech_end_to_decision_ms"])
                         first_audio[name].append(to_audio)
     finally:
+        vad.close()
         worker.close()
     load = os.getloadavg()
     lines += ["", f"Load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (2 cores).", ""]

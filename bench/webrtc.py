@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import fractions
 import json
@@ -47,9 +46,11 @@ from bench.realtime import (
     GAP_AFTER_REPLY_S,
     INPUT_RATE_HZ,
     TURN_TIMEOUT_S,
+    CallRecord,
     Fixture,
     Samples,
     ServerHandle,
+    Turn,
     make_fixture,
     open_caller,
     pct,
@@ -198,6 +199,56 @@ async def rtc_call(server: ServerHandle) -> AsyncIterator[RtcCaller]:
             task.cancel()
 
 
+def loopback_ice() -> None:
+    """Gather ICE candidates on 127.0.0.1 only (the server is on loopback)."""
+
+    def loopback(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
+        return ["127.0.0.1"]
+
+    aioice.ice.get_host_addresses = loopback
+
+
+class RtcCallers:
+    """WebRTC calls held open together, for `bench.loadgen`'s workers: connect them all, then talk."""
+
+    def __init__(self, server: ServerHandle, fixture: Fixture) -> None:
+        self.server, self.fixture = server, fixture
+        self.callers: list[RtcCaller] = []
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> RtcCallers:
+        loopback_ice()
+        await self._stack.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def connect(self, n: int) -> None:
+        for _ in range(n):  # one at a time: each negotiation (DTLS handshake) costs a burst of CPU
+            self.callers.append(await self._stack.enter_async_context(rtc_call(self.server)))
+
+    async def talk(self, offsets: Sequence[float], begin_at: float, stop_at: float) -> list[CallRecord]:
+        """Every call speaks the fixture, hears the reply out, pauses, and again, until `stop_at`."""
+        pairs = zip(self.callers, offsets, strict=True)
+        return list(await asyncio.gather(*(self._talk(c, begin_at + o, stop_at) for c, o in pairs)))
+
+    async def _talk(self, caller: RtcCaller, start_at: float, stop_at: float) -> CallRecord:
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        turns = []
+        while time.monotonic() < stop_at:
+            result = CallResult("WebRTC")
+            await caller.turn(self.fixture, self.fixture.audio, result)
+            end = caller.mic.end_sent_at or 0.0
+            turn = Turn(end_sent_at=end, failed=not result.first_audio_s)
+            if result.first_audio_s:
+                turn.first_audio_at = end + result.first_audio_s[0]
+                turn.done_at = time.monotonic()
+            turns.append(turn)
+        await caller.ws.send(json.dumps({"type": "session.close"}))
+        return CallRecord(turns, [], [])
+
+
 def dtls_bytes(stats: Any) -> tuple[int, int]:
     sent = sum(s.bytesSent for s in stats.values() if s.type == "transport")
     received = sum(s.bytesReceived for s in stats.values() if s.type == "transport")
@@ -319,12 +370,6 @@ def browser_table(calls: Sequence[BrowserCall]) -> list[str]:
 # ---- report ----------------------------------------------------------------------------------------
 
 
-def fixture_speech(fixture: Fixture) -> Samples:
-    """The utterance's samples (lead silence and speech), back from its pre-encoded pieces."""
-    pieces = [base64.b64decode(json.loads(f)["input"]["audio"]) for f in fixture.frames]
-    return np.frombuffer(b"".join(pieces), dtype="<f4").astype(np.float32)[: fixture.end_sample + 1]
-
-
 def paths_table(results: Sequence[CallResult]) -> list[str]:
     lines = [
         "| path | turns | failed | first audio p50 / p95 ms | up KB/s | down KB/s | call s |",
@@ -343,8 +388,8 @@ async def compare_paths(
     server: ServerHandle, fixture: Fixture, turns: int, silence_ms: int, *, browser_s: float, workdir: Path
 ) -> list[str]:
     """One call over each media path, one after the other, against a running server; then the page's calls."""
-    aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: ["127.0.0.1"]  # ICE on loopback only
-    speech = fixture_speech(fixture)
+    loopback_ice()
+    speech = fixture.audio
     results = [
         await websocket_call(server, fixture, turns, silence_ms),
         await webrtc_call(server, fixture, speech, turns),

@@ -16,7 +16,8 @@ import functools
 import logging
 import signal
 import ssl
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from omni_server.app import EngineLoader, OmniServer, RemoteEngines
 from omni_server.config import Settings, load_settings
@@ -104,8 +105,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(settings.log_level, json_lines=settings.log_json)
     for line in settings.describe():
         logger.info("setting %s", line)
-    with asyncio.Runner(loop_factory=loop_factory(settings.webrtc_ports)) as runner:  # --webrtc-ports
-        runner.run(serve_forever(settings))
+    run(serve_forever(settings), settings.event_loop, settings.webrtc_ports)
+
+
+def run(main: Coroutine[Any, Any, None], event_loop: str, webrtc_ports: str = "") -> None:
+    """Run the server on uvloop (`event_loop` uvloop, or auto where uvloop is installed) or asyncio's loop,
+    keeping WebRTC's UDP ports to `webrtc_ports` when given (transport/udp_ports.py)."""
+    base: type[asyncio.AbstractEventLoop] | None = None
+    if event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                raise SystemExit("--event-loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        else:
+            logger.info("event loop: uvloop")
+            base = uvloop.Loop
+    with asyncio.Runner(loop_factory=loop_factory(webrtc_ports, base)) as runner:
+        runner.run(main)
 
 
 if __name__ == "__main__":

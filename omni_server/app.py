@@ -134,6 +134,7 @@ class OmniServer:
             # Received messages a connection may hold unread (websockets' default is 16, so 16 × 8 MiB): every
             # socket is read all its life, so a few cover bursts; beyond them TCP pushes back on the client.
             max_queue=MAX_UNREAD_MESSAGES,
+            compression="deflate" if self.settings.ws_compression else None,
             server_header="omni_server",
             create_connection=connection,  # type: ignore[arg-type]
         )
@@ -213,6 +214,7 @@ class OmniServer:
             self.manager.voice_preparer.close()
         if hasattr(self, "worker"):
             await asyncio.to_thread(self.worker.close)
+            await asyncio.to_thread(self.manager.vad.close)
 
     async def _handle(self, ws: ServerConnection) -> None:
         if not self._settled.is_set() or self.state != "ready":

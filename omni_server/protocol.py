@@ -2,10 +2,11 @@
 
 The dialect is the one OpenBMB's MiniCPM-o Realtime service speaks (as the `openbmb-realtime` SDK 0.1.6
 implements it), plus our documented additions (docs/protocol.md). `decode_client_event` is the one
-place that validates client JSON; everything after it works with the dataclasses below. Server events
-are dataclasses too (`ServerEvent`), so the session and the transports never write wire format
-themselves. Incoming media stays base64 text here: decoding samples and images belongs to
-`omni_server.media`, whose encoder also writes the reply audio of `OutputAudioDelta`.
+place that validates client frames (JSON text, and our binary audio messages); everything after it works
+with the dataclasses below. Server events are dataclasses too (`ServerEvent`), so the session and the
+transports never write wire format themselves. Incoming media stays base64 text (or raw PCM bytes)
+here: decoding samples and images belongs to `omni_server.media`, whose encoder also writes the reply
+audio of `OutputAudioDelta`.
 
 Must not import: torch, the engine, sockets.
 """
@@ -21,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from omni_server.errors import PayloadTooLarge, ProtocolError, error_payload
+from omni_server.errors import InvalidAudio, PayloadTooLarge, ProtocolError, error_payload
 from omni_server.media.pcm import encode_f32_base64
 
 SUBPROTOCOL = "map.realtime"
@@ -74,6 +75,14 @@ class InputAppend:
 
 
 @dataclass(frozen=True)
+class InputAudio:
+    """Ours: microphone audio as a binary message (docs/protocol.md); `media.pcm.decode_pcm` decodes `pcm`."""
+
+    pcm: memoryview  # little-endian samples, 16 kHz mono
+    sample_format: str  # "f32" | "s16"
+
+
+@dataclass(frozen=True)
 class InputCommit:
     """Ours: end the user's turn now (manual turn-taking, or a client-side VAD)."""
 
@@ -111,15 +120,21 @@ class InputText:
     text: str
 
 
-ClientEvent = SessionInit | InputAppend | InputCommit | InputText | SessionClose | ClientStats | WebRtcOffer
+ClientEvent = (
+    SessionInit | InputAppend | InputAudio | InputCommit | InputText | SessionClose | ClientStats | WebRtcOffer
+)
+
+# A binary message is [kind, 0, 0, 0] then PCM samples; the 4-byte header keeps them aligned (docs/protocol.md).
+BINARY_HEADER = 4
+BINARY_AUDIO_KINDS = {1: "f32", 2: "s16"}
 
 
 def decode_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
-    """Parse and validate one client text frame; raise `ProtocolError` with a clear message."""
+    """Parse and validate one client frame (JSON text, or our binary audio); raise `ProtocolError` with a clear message."""
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"Message of {len(raw)} bytes is over the {max_bytes}-byte limit.")
     if isinstance(raw, bytes):
-        raise ProtocolError("Binary frames are not part of this protocol; send JSON text frames.")
+        return _binary_audio(raw)
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -152,6 +167,16 @@ def decode_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
             raise ProtocolError("webrtc.offer needs the offer's SDP text in 'sdp'.", code="invalid_sdp")
         return WebRtcOffer(sdp=sdp)
     raise ProtocolError(f"Unknown event type {str(kind)[:64]!r}.", code="unknown_event")  # never echo a long one
+
+
+def _binary_audio(raw: bytes) -> InputAudio:
+    kind = BINARY_AUDIO_KINDS.get(raw[0]) if len(raw) >= BINARY_HEADER else None
+    if kind is None or any(raw[1:BINARY_HEADER]):
+        raise InvalidAudio(
+            "A binary message is audio: a 4-byte header [kind, 0, 0, 0] (kind 1: float32, 2: int16), "
+            "then little-endian 16 kHz mono samples."
+        )
+    return InputAudio(memoryview(raw)[BINARY_HEADER:], kind)
 
 
 def _session_init(p: dict[str, Any]) -> SessionInit:

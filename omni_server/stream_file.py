@@ -22,6 +22,7 @@ from omni_server.engine.worker import EngineWorker
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import Error, OutputAudioDelta, OutputTextDelta, ResponseDone, ServerEvent
 from omni_server.session.session import CallConfig, CallSession
+from omni_server.session.vad_feed import VadFeed
 
 Unit = tuple[Image.Image, npt.NDArray[np.float32]]
 
@@ -69,7 +70,7 @@ async def stream(
         max_pending_audio_s=len(units) + 1.0,  # the whole file is queued at once
         input_burst_s=None,  # ... which no live caller may do
     )
-    session = CallSession("file", worker, config, send, SileroVadModel())
+    session = CallSession("file", worker, config, send, VadFeed(SileroVadModel()))  # never fed: no turn detection
     await session.start()
     async with asyncio.TaskGroup() as tg:
         run = tg.create_task(session.run())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,9 @@ import pytest
 from omni_server.app import OmniServer
 from omni_server.config import Settings
 from omni_server.engine.tiny import build_tiny_engine
+from omni_server.media.vad import SileroVadModel
+from omni_server.media.vad_batch import VadBatcher
+from omni_server.session.vad_feed import VadFeed
 from tests import speech
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,6 +43,27 @@ def question_wav(speech_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def question(question_wav: Path) -> npt.NDArray[np.float32]:
     return speech.load_f32(question_wav)
+
+
+@pytest.fixture(scope="session")
+def vad_model() -> SileroVadModel:
+    return SileroVadModel()
+
+
+@pytest.fixture
+def vad_batcher(vad_model: SileroVadModel) -> Iterator[VadBatcher]:
+    """A VAD batcher over the shared model, closed (its thread joined) after the test."""
+    batcher = VadBatcher(vad_model)
+    yield batcher
+    batcher.close()
+
+
+@pytest.fixture
+def vad_feed(vad_model: SileroVadModel) -> Iterator[VadFeed]:
+    """Calls' VAD, as the session manager makes it, closed (its thread joined) after the test."""
+    feed = VadFeed(vad_model)
+    yield feed
+    feed.close()
 
 
 def server_settings(tmp_path: Path, **overrides: object) -> Settings:

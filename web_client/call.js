@@ -13,6 +13,7 @@ import {
   OUTPUT_SAMPLE_RATE_HZ,
   SUBPROTOCOL,
   base64ToF32,
+  binaryAudio,
   clientStats,
   closeReasonText,
   decodeServerEvent,
@@ -280,7 +281,8 @@ export class Call {
     if (this.muted) chunk.fill(0);
     const frames = this.pendingFrame ? [this.pendingFrame] : [];
     this.pendingFrame = null;
-    this.ws.send(inputAppend(f32ToBase64(chunk), frames));
+    // Audio alone goes as a binary message; a camera frame travels in JSON with the audio it belongs to.
+    this.ws.send(frames.length ? inputAppend(f32ToBase64(chunk), frames) : binaryAudio(chunk));
     this.sentSamples += chunk.length;
     this.trace.sentAppends += 1;
     this.trace.sentFrames += frames.length;

@@ -53,6 +53,15 @@ export function sessionInit({
   return JSON.stringify({ type: "session.init", payload });
 }
 
+/** Ours: microphone audio as a binary message, [1, 0, 0, 0] then little-endian float32 samples
+ * (docs/protocol.md): no JSON and no base64, for the page and the server alike. */
+export function binaryAudio(samples) {
+  const buffer = new ArrayBuffer(4 + samples.byteLength);
+  new Uint8Array(buffer, 0, 4)[0] = 1;
+  new Float32Array(buffer, 4).set(samples); // typed arrays are little-endian where browsers run
+  return buffer;
+}
+
 export function inputAppend(audioBase64, videoFrames = []) {
   const input = { audio: audioBase64 };
   if (videoFrames.length) input.video_frames = videoFrames;

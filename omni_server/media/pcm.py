@@ -1,4 +1,5 @@
-"""PCM sample codecs: base64 little-endian float32 on the wire, int16 <-> float32 in memory.
+"""PCM sample codecs: base64 little-endian float32 on the wire (or raw float32/int16 bytes in our binary
+audio messages), int16 <-> float32 in memory.
 
 Owns the validation of untrusted audio payloads (``AudioFormatError``) and the one convention for
 float <-> int16 scaling used across the server. Pure numpy and the standard library: must not import
@@ -12,17 +13,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 
 import numpy as np
 import numpy.typing as npt
 
 from omni_server.media.errors import MediaError
 
-__all__ = ["AudioFormatError", "decode_f32_base64", "encode_f32_base64", "f32_to_s16", "s16_to_f32"]
+__all__ = ["AudioFormatError", "decode_f32_base64", "decode_pcm", "encode_f32_base64", "f32_to_s16", "s16_to_f32"]
 
 _BYTES_PER_SAMPLE = 4
 _S16_SCALE = 32768.0
 _WIRE_DTYPE = np.dtype("<f4")
+_S16_WIRE_DTYPE = np.dtype("<i2")
 
 
 class AudioFormatError(MediaError):
@@ -49,15 +52,32 @@ def decode_f32_base64(text: str, *, max_samples: int) -> npt.NDArray[np.float32]
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
         raise AudioFormatError("audio is not valid base64 (standard alphabet, with padding)") from e
-    if len(raw) % _BYTES_PER_SAMPLE:
+    return decode_pcm(raw, "f32", max_samples=max_samples)
+
+
+def decode_pcm(data: bytes | memoryview, sample_format: str, *, max_samples: int) -> npt.NDArray[np.float32]:
+    """Decode raw little-endian mono samples, `"f32"` (float32) or `"s16"` (int16, scaled by 1/32768).
+
+    Returns a fresh, writable float32 array. Raises `AudioFormatError` when the byte length is not a
+    whole number of samples, there are more than `max_samples`, or a float32 sample is NaN or infinite.
+    """
+    if sample_format not in ("f32", "s16"):
+        raise ValueError(f"sample_format must be f32 or s16, got {sample_format!r}")
+    size = 4 if sample_format == "f32" else 2
+    if len(data) % size:
+        kind = "float32" if size == 4 else "int16"
         raise AudioFormatError(
-            f"audio byte length {len(raw)} is not a multiple of 4; expected float32 little-endian samples"
+            f"audio byte length {len(data)} is not a multiple of {size}; expected {kind} little-endian samples"
         )
-    n_samples = len(raw) // _BYTES_PER_SAMPLE
+    n_samples = len(data) // size
     if n_samples > max_samples:
         raise AudioFormatError(f"audio chunk too large: {n_samples} samples, at most {max_samples} accepted")
-    samples = np.frombuffer(raw, dtype=_WIRE_DTYPE).astype(np.float32)
-    if not np.isfinite(samples).all():
+    if sample_format == "s16":
+        return s16_to_f32(np.frombuffer(data, dtype=_S16_WIRE_DTYPE).astype(np.int16))
+    samples = np.frombuffer(data, dtype=_WIRE_DTYPE).astype(np.float32)
+    # A float64 sum is finite exactly when every sample is (it cannot overflow for any float32 piece this
+    # size), and costs a third of isfinite().all() on a 20 ms piece.
+    if not math.isfinite(np.add.reduce(samples, dtype=np.float64)):
         bad = int(np.count_nonzero(~np.isfinite(samples)))
         raise AudioFormatError(f"audio contains {bad} NaN or infinite sample(s)")
     return samples

@@ -10,6 +10,11 @@ The stream protocol mirrors ``silero_vad.utils_vad.OnnxWrapper``: each call gets
 samples prefixed with the last 64 samples of the previous window (zeros at stream start), plus the
 ``(2, 1, 128)`` state returned by the previous call. Without the context the model reports
 near-zero probabilities even for clear speech.
+
+The ONNX graph is batch-first: ``input`` ``(B, 576)``, ``state`` ``(2, B, 128)``, ``output`` ``(B, 1)``,
+row ``b`` depending only on row ``b`` of the input and column ``b`` of the state, so windows of
+different streams can share one call (``SileroVadModel.infer_batch``; ``media.vad_batch`` does that
+for many calls at once).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import onnxruntime
 __all__ = [
     "CONTEXT_SAMPLES",
     "SAMPLE_RATE_HZ",
+    "STATE_SHAPE",
     "WINDOW_SAMPLES",
     "SileroVadModel",
     "VadStream",
@@ -33,7 +39,7 @@ __all__ = [
 SAMPLE_RATE_HZ = 16_000
 WINDOW_SAMPLES = 512
 CONTEXT_SAMPLES = 64
-_STATE_SHAPE = (2, 1, 128)
+STATE_SHAPE = (2, 1, 128)
 
 
 def shipped_model_path() -> str:
@@ -75,6 +81,14 @@ class SileroVadModel:
         out, new_state = self._session.run(None, {"input": frame.reshape(1, -1), "state": state, "sr": self._sr})
         return float(out[0, 0]), new_state
 
+    def infer_batch(
+        self, frames: npt.NDArray[np.float32], states: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """One step of ``B`` independent streams: ``frames`` ``(B, 576)``, ``states`` ``(2, B, 128)``;
+        returns (probabilities ``(B,)``, new states ``(2, B, 128)``)."""
+        out, new_states = self._session.run(None, {"input": frames, "state": states, "sr": self._sr})
+        return out[:, 0], new_states
+
 
 class VadStream:
     """Per-stream VAD state: feed 16 kHz audio in any chunk size, get one probability per 512 samples.
@@ -88,7 +102,7 @@ class VadStream:
         # _frame holds [context (64) | window (512)]; _filled counts window samples buffered so far.
         self._frame = np.zeros(CONTEXT_SAMPLES + WINDOW_SAMPLES, dtype=np.float32)
         self._filled = 0
-        self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
+        self._state = np.zeros(STATE_SHAPE, dtype=np.float32)
         self._windows = 0
 
     @property
@@ -126,5 +140,5 @@ class VadStream:
         """Forget state, context and buffered samples, as if the stream had just begun."""
         self._frame[:] = 0.0
         self._filled = 0
-        self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
+        self._state = np.zeros(STATE_SHAPE, dtype=np.float32)
         self._windows = 0

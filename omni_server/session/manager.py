@@ -30,6 +30,7 @@ from omni_server.session.admission import Admission, OnQueued
 from omni_server.session.lead_in import LeadIn
 from omni_server.session.session import CallConfig, CallSession
 from omni_server.session.turns import TurnConfig
+from omni_server.session.vad_feed import VadFeed
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ class SessionManager:
     ) -> None:
         self.settings = settings
         self.worker = worker
-        self.vad_model = vad_model
+        self.vad_model = vad_model  # voice preparation runs it directly
+        self.vad = VadFeed(vad_model)  # every call's turn detection, batched (media/vad_batch.py)
         # Each call reserves the KV cache of its longest context (a session.init may only lower it).
         self.call_kv_bytes = settings.max_context_tokens * worker.info.kv_bytes_per_token
         kv_budget_bytes = int(settings.kv_budget_gb * 1e9)
@@ -130,7 +132,7 @@ class SessionManager:
             self.engine_for(call_id),
             config,
             send,
-            self.vad_model,
+            self.vad,
             turn_model=self.turn_model,
             lead_in=self.lead_in,
         )

@@ -60,7 +60,6 @@ from omni_server.engine.client import ConversationHandle, EngineClient, Speculat
 from omni_server.engine.text import UserText
 from omni_server.errors import OmniError, ProtocolError, SessionEnded
 from omni_server.media.smart_turn import SmartTurnModel
-from omni_server.media.vad import SileroVadModel, VadStream
 from omni_server.protocol import (
     ConversationTruncated,
     Error,
@@ -77,6 +76,7 @@ from omni_server.session.reply import FIRST_CHUNK_SLACK_S, AudioSink, Reply, Tur
 from omni_server.session.turn_end import Hold, Kept, RecentAudio, SemanticJudge, TurnEnd
 from omni_server.session.turns import TurnConfig, TurnDetector
 from omni_server.session.units import PreRoll, UnitCutter
+from omni_server.session.vad_feed import VadFeed
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,6 @@ PREFILL_BOUND_S = 1.0  # a unit prefilled later than this after its last sample 
 # ... but is due much sooner: the input loop (and so turn detection) waits on each prefill, and a unit
 # costs tens of ms, so it goes ahead of any reply chunk whose listener has more than this buffered.
 PREFILL_START_S = 0.2
-# Pieces up to this size run silero on the event loop (at most ~2 ms); longer ones go to a thread.
-_INLINE_VAD_SAMPLES = INPUT_SAMPLE_RATE_HZ // 4
 _CLOSE_CHUNK_WAIT_S = 1.0
 _JUDGED_S = 8  # Smart Turn hears the last 8 s of the turn
 _REJOIN_MAX_S = 10.0  # audio kept after a turn's partial unit was cut, to rejoin it if the turn goes on
@@ -181,7 +179,7 @@ class CallSession:
         worker: EngineClient[Any],
         config: CallConfig,
         send: Send,
-        vad_model: SileroVadModel,
+        vad: VadFeed,
         *,
         turn_model: SmartTurnModel | None = None,
         lead_in: LeadIn | None = None,
@@ -193,7 +191,7 @@ class CallSession:
         self.config = config
         self._send = send
         self._clock = clock
-        self._vad = VadStream(vad_model)
+        self._vad = vad.stream()
         self._turns = TurnDetector(config.turn)
         self._preroll = PreRoll(config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000)
         self._cutter = UnitCutter(INPUT_SAMPLE_RATE_HZ)
@@ -393,10 +391,7 @@ class CallSession:
         if not self.config.turn_detection:
             self._queue_audio(samples)
             return
-        if len(samples) <= _INLINE_VAD_SAMPLES:
-            probs = self._vad.feed(samples)  # ~0.25 ms a window: cheaper than a thread hop
-        else:
-            probs = await asyncio.to_thread(self._vad.feed, samples)
+        probs = await self._vad.feed(samples)  # batched with every other call's windows, off the loop
         events = self._turns.feed(probs)
         was_in_turn, fed = self._in_turn, False
         if not self._in_turn:

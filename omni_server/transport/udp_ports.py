@@ -31,8 +31,9 @@ def parse_port_range(text: str) -> range:
     return range(int(low), int(high) + 1)
 
 
-class PortRangeEventLoop(asyncio.SelectorEventLoop):
-    """An event loop whose datagram endpoints asked for "any port" get one from `ports`, round-robin."""
+class PortRange(asyncio.AbstractEventLoop):
+    """Mixed into an event loop class: its datagram endpoints asked for "any port" get one from `ports`,
+    round-robin."""
 
     def __init__(self, ports: range) -> None:
         super().__init__()
@@ -62,9 +63,17 @@ def _any_port(local_addr: Any) -> bool:
     return isinstance(local_addr, tuple) and len(local_addr) >= 2 and local_addr[1] == 0
 
 
-def loop_factory(ports_text: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop factory `__main__` runs the server on: the default one, or one keeping to the range."""
+class PortRangeEventLoop(PortRange, asyncio.SelectorEventLoop):
+    """asyncio's own loop, keeping to a port range."""
+
+
+def loop_factory(
+    ports_text: str, base: type[asyncio.AbstractEventLoop] | None = None
+) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory `__main__` runs the server on: `base` (None: asyncio's default), keeping to
+    the range when one is given."""
     if not ports_text:
-        return None
+        return base
     ports = parse_port_range(ports_text)
-    return lambda: PortRangeEventLoop(ports)
+    cls = PortRangeEventLoop if base is None else type(f"PortRange{base.__name__}", (PortRange, base), {})
+    return lambda: cls(ports)

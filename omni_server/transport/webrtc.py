@@ -44,6 +44,7 @@ from omni_server.protocol import (
     ClientEvent,
     Error,
     InputAppend,
+    InputAudio,
     Send,
     ServerEvent,
     WebRtcAnswer,
@@ -309,7 +310,9 @@ class WebRtcEndpoint(CallEndpoint):
         self._control_only(event, session)
 
     def _control_only(self, event: ClientEvent, session: CallSession) -> None:
-        if isinstance(event, InputAppend) and (event.audio_base64 or event.video_frames_base64):
+        if isinstance(event, InputAudio) or (
+            isinstance(event, InputAppend) and (event.audio_base64 or event.video_frames_base64)
+        ):
             raise ProtocolError("On a WebRTC call, audio and video travel on the media tracks.")
         if not self.control(event, session):
             raise ProtocolError(f"{type(event).__name__} is not accepted during a call.", code="already_initialized")

@@ -19,8 +19,8 @@ from websockets.asyncio.server import ServerConnection
 
 from omni_server.errors import OmniError, ProtocolError, from_media
 from omni_server.media.images import decode_image
-from omni_server.media.pcm import decode_f32_base64
-from omni_server.protocol import ClientEvent, Error, InputAppend, Send, SessionInit, WebRtcOffer
+from omni_server.media.pcm import decode_f32_base64, decode_pcm
+from omni_server.protocol import ClientEvent, Error, InputAppend, InputAudio, Send, SessionInit, WebRtcOffer
 from omni_server.session.session import CallSession
 from omni_server.transport.calls import CallEndpoint, sender
 from omni_server.transport.reader import CallReader
@@ -60,7 +60,12 @@ class RealtimeEndpoint(CallEndpoint):
 
     async def _dispatch(self, event: ClientEvent, *, session: CallSession) -> None:
         s = self.settings
-        if isinstance(event, InputAppend):
+        if isinstance(event, InputAudio):  # ours: a binary message, no JSON and no base64 (docs/protocol.md)
+            session.admit_input(len(event.pcm) / (4 if event.sample_format == "f32" else 2) / 16000)
+            with from_media():
+                samples = decode_pcm(event.pcm, event.sample_format, max_samples=int(s.max_append_s * 16000))
+            session.push_audio(samples)
+        elif isinstance(event, InputAppend):
             session.admit_input(_duration_s(event.audio_base64))  # before anything is decoded
             self.control(event, session)
             image = None

@@ -77,25 +77,41 @@ class RawClient:
 
     async def append(self, samples: npt.NDArray[np.float32], **extra: Any) -> None:
         """Send audio, fast while within `AHEAD_S` of real time, then at real time (as the server requires)."""
-        cost_s = max(len(samples) / 16000, 0.02)  # the server charges every message at least 20 ms
+        await self._pace(len(samples))
+        await self.send("input.append", input={"audio": b64_audio(samples), **extra})
+
+    async def _pace(self, n_samples: int) -> None:
+        """Wait while a message of `n_samples` would run more than `AHEAD_S` ahead of real time."""
+        cost_s = max(n_samples / 16000, 0.02)  # the server charges every message at least 20 ms
         self._refill()
         if cost_s > self._ahead_budget_s:
             await asyncio.sleep(cost_s - self._ahead_budget_s)  # pacing the sender, not waiting for the server
             self._refill()
         self._ahead_budget_s -= cost_s
-        await self.send("input.append", input={"audio": b64_audio(samples), **extra})
 
     def _refill(self) -> None:
         now = time.monotonic()
         self._ahead_budget_s = min(AHEAD_S, self._ahead_budget_s + now - self._budget_at)
         self._budget_at = now
 
-    async def speak(self, speech: npt.NDArray[np.float32], *, piece_s: float = 0.1, tail_s: float = 1.0) -> None:
-        """Send speech then silence in pieces, faster than real time within `AHEAD_S` of it."""
+    async def append_binary(self, samples: npt.NDArray[np.float32], kind: int = 1) -> None:
+        """Ours: a binary audio message, float32 (kind 1) or int16 (kind 2), paced as `append`."""
+        await self._pace(len(samples))
+        pcm = samples.astype("<f4") if kind == 1 else np.clip(np.rint(samples * 32768), -32768, 32767).astype("<i2")
+        await self.ws.send(bytes([kind, 0, 0, 0]) + pcm.tobytes())
+
+    async def speak(
+        self, speech: npt.NDArray[np.float32], *, piece_s: float = 0.1, tail_s: float = 1.0, binary: int = 0
+    ) -> None:
+        """Send speech then silence in pieces, faster than real time within `AHEAD_S` of it (`binary`: as
+        binary messages of that kind instead of input.append)."""
         audio = np.concatenate([speech, np.zeros(int(16000 * tail_s), np.float32)])
         step = int(16000 * piece_s)
         for start in range(0, len(audio), step):
-            await self.append(audio[start : start + step])
+            if binary:
+                await self.append_binary(audio[start : start + step], binary)
+            else:
+                await self.append(audio[start : start + step])
             await asyncio.sleep(0.002)
 
     def of_type(self, event_type: str) -> list[dict[str, Any]]:

@@ -26,6 +26,17 @@ async def test_token_is_required(server: OmniServer) -> None:
         assert info.value.response.status_code == 401
 
 
+async def test_no_compression_unless_asked(tmp_path: Path) -> None:
+    """permessage-deflate is declined by default (it cost the loop more than the audio it shrank) and accepted with ws_compression."""
+    for enabled in (False, True):
+        async with OmniServer(server_settings(tmp_path, ws_compression=enabled), build_tiny_engine()) as server:
+            client = await RawClient.connect(server)  # websockets offers permessage-deflate
+            assert client.ws.response is not None
+            extensions = client.ws.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert ("permessage-deflate" in extensions) is enabled
+            await client.close()
+
+
 async def test_session_created_says_engine_is_noise(server: OmniServer) -> None:
     """The handshake ends in session.created, which warns that the tiny engine's replies are noise."""
     client = await RawClient.connect(server)
@@ -82,6 +93,44 @@ async def test_bad_frames_get_errors_and_the_call_goes_on(
         await client.ws.send(raw)
         assert (await client.until("error"))["error"]["code"] == code, raw
     await client.speak(question)
+    assert (await client.until("response.done"))["response"]["status"] == "completed"
+    await client.close()
+
+
+async def _turn_bounds(server: OmniServer, speech: npt.NDArray[np.float32], binary: int) -> tuple[int, int]:
+    client = await RawClient.connect(server)
+    await client.start()
+    await client.speak(speech, binary=binary)
+    done = await client.until("response.done")
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["usage"]["input_tokens_details"]["audio_tokens"] > 27
+    await client.close()
+    started, stopped = client.of_type("input.speech_started"), client.of_type("input.speech_stopped")
+    return started[0]["audio_start_ms"], stopped[0]["audio_end_ms"]
+
+
+async def test_binary_audio_frames_make_the_same_turn(server: OmniServer, question: npt.NDArray[np.float32]) -> None:
+    """Ours: speech in binary float32 messages gives exactly the turn of input.append; int16 messages give a turn too."""
+    as_json = await _turn_bounds(server, question, binary=0)
+    assert await _turn_bounds(server, question, binary=1) == as_json
+    start_ms, end_ms = await _turn_bounds(server, question, binary=2)
+    assert abs(start_ms - as_json[0]) <= 64 and abs(end_ms - as_json[1]) <= 64  # int16 rounding may move a window
+
+
+async def test_bad_binary_frames_get_errors_and_the_call_goes_on(
+    server: OmniServer, question: npt.NDArray[np.float32]
+) -> None:
+    """An unknown binary kind, a ragged length or NaN samples: each an invalid_audio error, then a normal turn."""
+    client = await RawClient.connect(server)
+    await client.start()
+    for raw in (
+        bytes([7, 0, 0, 0]),
+        bytes([1, 0, 0, 0, 0, 0]),
+        bytes([1, 0, 0, 0]) + np.full(4, np.nan, "<f4").tobytes(),
+    ):
+        await client.ws.send(raw)
+        assert (await client.until("error"))["error"]["code"] == "invalid_audio", raw
+    await client.speak(question, binary=1)
     assert (await client.until("response.done"))["response"]["status"] == "completed"
     await client.close()
 

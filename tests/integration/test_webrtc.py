@@ -61,8 +61,11 @@ async def _video_call(server: OmniServer, question: npt.NDArray[np.float32]) -> 
     assert client.heard.loud_since(quiet_from) == 0
     assert done["response"]["usage"]["input_tokens_details"]["vision_tokens"] > 0, "camera frames reached the model"
 
-    # Audio as base64 on the channel is refused on a WebRTC call; the call goes on.
+    # Audio as base64 (or as a binary audio message) on the channel is refused on a WebRTC call; the call goes on.
     client.send("input.append", input={"audio": "AAAA"})
+    error = await client.until("error")
+    assert "media tracks" in error["error"]["message"]
+    client.channel.send(bytes([1, 0, 0, 0]) + bytes(4))
     error = await client.until("error")
     assert "media tracks" in error["error"]["message"]
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
+from omni_server.__main__ import run
 from omni_server.config import build_parser, load_settings
 
 
@@ -34,6 +38,8 @@ def test_bad_values_are_explained(tmp_path: Path) -> None:
         load_settings(["--turn-pause-ms", "900"], {})
     with pytest.raises(SystemExit, match="turn_model_threshold"):
         load_settings([], {"OMNI_TURN_MODEL_THRESHOLD": "1.5"})
+    with pytest.raises(SystemExit, match="event_loop"):
+        load_settings(["--event-loop", "trio"], {})
 
 
 def test_token_is_masked_when_printed() -> None:
@@ -46,3 +52,27 @@ def test_every_option_has_help() -> None:
     """--help explains every option."""
     for action in build_parser()._actions:
         assert action.help, action.dest
+
+
+def _loop_kind() -> str:
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+def test_event_loop_falls_back_to_asyncio_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto runs on uvloop where it is installed and on asyncio's loop where not; uvloop asked for and missing is said plainly."""
+    seen: list[str] = []
+
+    async def main() -> None:
+        seen.append(_loop_kind())
+
+    run(main(), "asyncio")
+    if importlib.util.find_spec("uvloop") is not None:
+        run(main(), "auto")
+        assert seen == ["asyncio", "uvloop"]
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as on a machine without it
+    run(main(), "auto")
+    assert seen[-1] == "asyncio"
+    coro = main()
+    with pytest.raises(SystemExit, match="uvloop is not installed"):
+        run(coro, "uvloop")
+    coro.close()

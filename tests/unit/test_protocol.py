@@ -13,6 +13,7 @@ from omni_server.protocol import (
     ClientStats,
     Error,
     InputAppend,
+    InputAudio,
     InputText,
     OutputAudioDelta,
     SessionClosed,
@@ -78,12 +79,29 @@ def test_invalid_fields_are_refused(obj: object, code: str) -> None:
     assert info.value.code == code
 
 
-def test_size_and_binary_frames() -> None:
-    """Oversize and binary frames are refused before parsing."""
+def test_size_limit_comes_first() -> None:
+    """Oversize frames, text or binary, are refused before parsing."""
     with pytest.raises(PayloadTooLarge):
         decode_client_event("x" * 100, max_bytes=10)
-    with pytest.raises(ProtocolError):
-        decode_client_event(b"\x00\x01", max_bytes=10)
+    with pytest.raises(PayloadTooLarge):
+        decode_client_event(bytes([1, 0, 0, 0]) + b"\x00" * 100, max_bytes=10)
+
+
+def test_binary_audio_frames() -> None:
+    """Ours: a binary message is [kind, 0, 0, 0] then raw samples; kind 1 is float32, 2 is int16."""
+    pcm = b"\x00\x00\x80\xbf" * 2
+    event = decode_client_event(bytes([1, 0, 0, 0]) + pcm, max_bytes=100)
+    assert isinstance(event, InputAudio) and event.sample_format == "f32" and bytes(event.pcm) == pcm
+    event = decode_client_event(bytes([2, 0, 0, 0, 1, 2]), max_bytes=100)
+    assert isinstance(event, InputAudio) and event.sample_format == "s16" and bytes(event.pcm) == b"\x01\x02"
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x01\x00", bytes([3, 0, 0, 0]), bytes([1, 0, 1, 0]), b"{}"])
+def test_malformed_binary_frames_are_invalid_audio(raw: bytes) -> None:
+    """A short header, an unknown kind or non-zero reserved bytes are refused as invalid_audio, saying the format."""
+    with pytest.raises(ProtocolError, match="4-byte header") as info:
+        decode_client_event(raw, max_bytes=100)
+    assert info.value.code == "invalid_audio"
 
 
 def test_library_voice_and_character_fields() -> None:

@@ -10,6 +10,7 @@ import pytest
 from omni_server.media.pcm import (
     AudioFormatError,
     decode_f32_base64,
+    decode_pcm,
     encode_f32_base64,
     f32_to_s16,
     s16_to_f32,
@@ -116,3 +117,37 @@ def test_s16_to_f32_rejects_other_dtypes() -> None:
     """Passing floats where int16 is expected is a TypeError, not a silent rescale."""
     with pytest.raises(TypeError, match="int16"):
         s16_to_f32(np.zeros(4, dtype=np.float32))
+
+
+def test_raw_pcm_decodes_float32_and_int16() -> None:
+    """Binary messages' raw samples: little-endian float32 as is, int16 scaled by 1/32768, as fresh arrays."""
+    samples = np.array([0.0, -1.0, 0.5, 0.25], dtype=np.float32)
+    np.testing.assert_array_equal(decode_pcm(samples.astype("<f4").tobytes(), "f32", max_samples=4), samples)
+    s16 = np.array([0, -32768, 16384, 32767], dtype="<i2")
+    decoded = decode_pcm(memoryview(s16.tobytes()), "s16", max_samples=4)
+    np.testing.assert_array_equal(decoded, s16_to_f32(s16.astype(np.int16)))
+    assert decoded.dtype == np.float32 and decoded.flags.writeable
+
+
+@pytest.mark.parametrize(
+    ("data", "sample_format", "match"),
+    [
+        (b"\x00" * 6, "f32", "multiple of 4"),
+        (b"\x00" * 3, "s16", "multiple of 2"),
+        (np.zeros(11, "<f4").tobytes(), "f32", "too large"),
+        (np.zeros(11, "<i2").tobytes(), "s16", "too large"),
+        (np.array([0.0, np.inf], "<f4").tobytes(), "f32", "NaN or infinite"),
+    ],
+)
+def test_raw_pcm_is_validated(data: bytes, sample_format: str, match: str) -> None:
+    """Ragged byte lengths, too many samples and non-finite floats are refused with a user-safe message."""
+    with pytest.raises(AudioFormatError, match=match):
+        decode_pcm(data, sample_format, max_samples=10)
+
+
+def test_extreme_finite_samples_are_not_mistaken_for_infinite() -> None:
+    """The finiteness check sums in float64: the largest float32 values, many of them, still pass."""
+    big = np.full(80_000, np.finfo(np.float32).max, dtype="<f4")
+    big[::2] *= -1
+    np.testing.assert_array_equal(decode_pcm(big.tobytes(), "f32", max_samples=80_000), big)
+    np.testing.assert_array_equal(decode_pcm(big[1::2].tobytes(), "f32", max_samples=80_000), big[1::2])

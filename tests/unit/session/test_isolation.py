@@ -20,9 +20,9 @@ import pytest
 from omni_server.engine.cost import EngineCost
 from omni_server.engine.tiny import build_tiny_engine
 from omni_server.engine.worker import EngineWorker
-from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import ServerEvent
 from omni_server.session.session import CallConfig, CallSession
+from omni_server.session.vad_feed import VadFeed
 from tests import speech
 from tests.conftest import timeout
 
@@ -46,11 +46,6 @@ async def worker() -> Any:
     worker = EngineWorker(build_tiny_engine(seed=7, cost=COST))
     yield worker
     worker.close()
-
-
-@pytest.fixture(scope="module")
-def vad_model() -> SileroVadModel:
-    return SileroVadModel()
 
 
 @dataclass
@@ -110,7 +105,7 @@ def push(session: CallSession, audio: Samples) -> None:
 
 async def converse(
     worker: EngineWorker,
-    vad_model: SileroVadModel,
+    vad_feed: VadFeed,
     recorder: Recorder,
     turns: Sequence[Samples],
     *,
@@ -119,7 +114,7 @@ async def converse(
 ) -> list[Reply]:
     """One call: each turn is spoken once the previous reply is done. With `barge_in`, that speech is
     pushed as soon as the first reply's first audio has been sent (talking over it)."""
-    session = CallSession(recorder.call_id, worker, config or CallConfig(), recorder.send, vad_model)
+    session = CallSession(recorder.call_id, worker, config or CallConfig(), recorder.send, vad_feed)
     await session.start()
     async with asyncio.TaskGroup() as tg:
         tg.create_task(session.run())
@@ -144,15 +139,15 @@ def overlapping(timeline: list[tuple[str, str]], a: str, b: str) -> bool:
 
 
 async def run_alone_and_together(
-    worker: EngineWorker, vad_model: SileroVadModel, scripts: dict[str, list[Samples]]
+    worker: EngineWorker, vad_feed: VadFeed, scripts: dict[str, list[Samples]]
 ) -> tuple[dict[str, list[Reply]], dict[str, list[Reply]], list[tuple[str, str]]]:
     alone = {}
     for call_id, turns in scripts.items():
-        alone[call_id] = await converse(worker, vad_model, Recorder(call_id, []), turns)
+        alone[call_id] = await converse(worker, vad_feed, Recorder(call_id, []), turns)
     timeline: list[tuple[str, str]] = []
     recorders = {call_id: Recorder(call_id, timeline) for call_id in scripts}
     async with asyncio.TaskGroup() as tg:
-        tasks = {cid: tg.create_task(converse(worker, vad_model, recorders[cid], t)) for cid, t in scripts.items()}
+        tasks = {cid: tg.create_task(converse(worker, vad_feed, recorders[cid], t)) for cid, t in scripts.items()}
     return alone, {cid: task.result() for cid, task in tasks.items()}, timeline
 
 
@@ -166,11 +161,11 @@ def assert_exact(alone: list[Reply], together: list[Reply]) -> None:
 
 
 async def test_two_interleaved_calls_get_exactly_what_they_get_alone(
-    worker: EngineWorker, vad_model: SileroVadModel, question: Samples, story: Samples
+    worker: EngineWorker, vad_feed: VadFeed, question: Samples, story: Samples
 ) -> None:
     """Two calls speaking at once, two turns each: every reply is token- and sample-identical to the solo run."""
     scripts = {"call-a": [question, story], "call-b": [story, question]}
-    alone, together, timeline = await run_alone_and_together(worker, vad_model, scripts)
+    alone, together, timeline = await run_alone_and_together(worker, vad_feed, scripts)
     assert overlapping(timeline, "call-a", "call-b")
     for call_id in scripts:
         assert_exact(alone[call_id], together[call_id])
@@ -178,11 +173,11 @@ async def test_two_interleaved_calls_get_exactly_what_they_get_alone(
 
 
 async def test_five_interleaved_calls_get_exactly_what_they_get_alone(
-    worker: EngineWorker, vad_model: SileroVadModel, question: Samples, story: Samples
+    worker: EngineWorker, vad_feed: VadFeed, question: Samples, story: Samples
 ) -> None:
     """Five calls at once on one engine: each one's replies match its solo run exactly."""
     scripts = {f"call-{n}": [question, story] if n % 2 else [story, question] for n in range(5)}
-    alone, together, timeline = await run_alone_and_together(worker, vad_model, scripts)
+    alone, together, timeline = await run_alone_and_together(worker, vad_feed, scripts)
     calls = list(scripts)
     assert all(any(overlapping(timeline, a, b) for b in calls if b != a) for a in calls)
     for call_id in scripts:
@@ -190,17 +185,17 @@ async def test_five_interleaved_calls_get_exactly_what_they_get_alone(
 
 
 async def test_barge_in_in_one_call_leaves_the_other_exact(
-    worker: EngineWorker, vad_model: SileroVadModel, question: Samples, story: Samples
+    worker: EngineWorker, vad_feed: VadFeed, question: Samples, story: Samples
 ) -> None:
     """Call B is interrupted by its user while call A is speaking: A's replies are exactly its solo ones."""
     a_turns = [question, story]
-    solo = await converse(worker, vad_model, Recorder("call-a", []), a_turns)
+    solo = await converse(worker, vad_feed, Recorder("call-a", []), a_turns)
     timeline: list[tuple[str, str]] = []
     a, b = Recorder("call-a", timeline), Recorder("call-b", timeline)
     long_replies = CallConfig(max_new_tokens=96, min_new_tokens=3)  # B is still speaking when its user cuts in
     async with asyncio.TaskGroup() as tg:
-        a_task = tg.create_task(converse(worker, vad_model, a, a_turns))
-        b_task = tg.create_task(converse(worker, vad_model, b, [story], config=long_replies, barge_in=question))
+        a_task = tg.create_task(converse(worker, vad_feed, a, a_turns))
+        b_task = tg.create_task(converse(worker, vad_feed, b, [story], config=long_replies, barge_in=question))
     b_replies = b_task.result()
     assert [r.status for r in b_replies] == ["interrupted", "completed"]
     assert b.count("response.listen") == 1

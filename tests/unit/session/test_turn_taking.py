@@ -24,6 +24,7 @@ from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import ServerEvent
 from omni_server.session.session import CallConfig, CallSession
 from omni_server.session.turns import TurnConfig
+from omni_server.session.vad_feed import VadFeed
 from tests import speech
 from tests.conftest import timeout
 
@@ -126,7 +127,7 @@ def push_at_once(session: CallSession, audio: Samples) -> None:
 
 async def call(
     worker: EngineWorker,
-    vad_model: SileroVadModel,
+    vad_feed: VadFeed,
     turns: Sequence[Samples],
     cfg: CallConfig,
     *,
@@ -136,7 +137,7 @@ async def call(
 ) -> tuple[Recorder, CallSession]:
     """One call, each turn followed by 1.5 s of silence and spoken once the previous reply is done."""
     recorder = Recorder()
-    session = CallSession(call_id, worker, cfg, recorder.send, vad_model, turn_model=turn_model)
+    session = CallSession(call_id, worker, cfg, recorder.send, vad_feed, turn_model=turn_model)
     await session.start()
     async with asyncio.TaskGroup() as tg:
         tg.create_task(session.run())
@@ -154,12 +155,12 @@ async def call(
 # ---- §2: turn decisions never wait on the model ----------------------------------------------------------
 
 
-async def test_the_turn_ends_on_time_behind_a_slow_model(vad_model: SileroVadModel, question: Samples) -> None:
+async def test_the_turn_ends_on_time_behind_a_slow_model(vad_feed: VadFeed, question: Samples) -> None:
     """With every 1-s prefill taking 1.5 s, speech_stopped still comes as soon as the audio says so."""
     slow = EngineWorker(build_tiny_engine(seed=5, cost=EngineCost(prefill_s_per_unit=1.5)))
     try:
         recorder = Recorder()
-        session = CallSession("slow", slow, config(silence_ms=500, pause_ms=None), recorder.send, vad_model)
+        session = CallSession("slow", slow, config(silence_ms=500, pause_ms=None), recorder.send, vad_feed)
         await session.start()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(session.run())
@@ -182,13 +183,13 @@ async def test_the_turn_ends_on_time_behind_a_slow_model(vad_model: SileroVadMod
 
 @pytest.mark.parametrize("language", ["en", "zh"])
 async def test_a_finished_sentence_ends_sooner_than_the_silence_window(
-    worker: EngineWorker, vad_model: SileroVadModel, turn_model: SmartTurnModel, speech_dir: Path, language: str
+    worker: EngineWorker, vad_feed: VadFeed, turn_model: SmartTurnModel, speech_dir: Path, language: str
 ) -> None:
     """A sentence that sounds finished ends on Smart Turn's word, in the 300 ms of silence heard so far
     (the model's own latency is left out by waiting for it: benchmarks measure that)."""
     recorder = Recorder()
     cfg = config(silence_ms=TODAY_SILENCE_MS, end_of_turn_threshold=0.5)
-    session = CallSession("call", worker, cfg, recorder.send, vad_model, turn_model=turn_model)
+    session = CallSession("call", worker, cfg, recorder.send, vad_feed, turn_model=turn_model)
     await session.start()
     sentence = whole(speech_dir, language)[:-8_000]  # without the fixture's trailing silence
     async with asyncio.TaskGroup() as tg:
@@ -204,11 +205,11 @@ async def test_a_finished_sentence_ends_sooner_than_the_silence_window(
 
 @pytest.mark.parametrize("language", ["en", "zh"])
 async def test_a_pause_mid_sentence_is_not_answered(
-    worker: EngineWorker, vad_model: SileroVadModel, turn_model: SmartTurnModel, speech_dir: Path, language: str
+    worker: EngineWorker, vad_feed: VadFeed, turn_model: SmartTurnModel, speech_dir: Path, language: str
 ) -> None:
     """'I would like to… [600 ms] …book a table': one turn, one reply, after the whole sentence."""
     recorder, _ = await call(
-        worker, vad_model, [paused(speech_dir, language)], config(end_of_turn_threshold=0.5, speculate=True),
+        worker, vad_feed, [paused(speech_dir, language)], config(end_of_turn_threshold=0.5, speculate=True),
         turn_model=turn_model, realtime=True,
     )  # fmt: skip
     assert recorder.types().count("input.speech_stopped") == 1
@@ -221,12 +222,12 @@ async def test_a_pause_mid_sentence_is_not_answered(
 
 
 async def committed(
-    worker: EngineWorker, vad_model: SileroVadModel, turns: Sequence[Samples], cfg: CallConfig, *, realtime: bool
+    worker: EngineWorker, vad_feed: VadFeed, turns: Sequence[Samples], cfg: CallConfig, *, realtime: bool
 ) -> tuple[Recorder, CallSession]:
     """One call whose turns the client ends itself (`input.commit`) right after the speech, so every run
     cuts its last partial unit at the same sample."""
     recorder = Recorder()
-    session = CallSession("same", worker, cfg, recorder.send, vad_model)
+    session = CallSession("same", worker, cfg, recorder.send, vad_feed)
     await session.start()
     async with asyncio.TaskGroup() as tg:
         tg.create_task(session.run())
@@ -245,14 +246,14 @@ async def committed(
 
 
 async def test_discarded_speculations_change_nothing(
-    worker: EngineWorker, vad_model: SileroVadModel, speech_dir: Path, question: Samples
+    worker: EngineWorker, vad_feed: VadFeed, speech_dir: Path, question: Samples
 ) -> None:
     """Replies after discarded speculations are token for token those without, with the same KV length."""
     outcomes: list[str] = []
     worker.on_speculation = outcomes.append
     turns = [paused(speech_dir, "en"), paused(speech_dir, "zh", pause_s=0.8)]
-    plain, plain_session = await committed(worker, vad_model, turns, config(speculate=False), realtime=False)
-    spec, spec_session = await committed(worker, vad_model, turns, config(speculate=True), realtime=True)
+    plain, plain_session = await committed(worker, vad_feed, turns, config(speculate=False), realtime=False)
+    spec, spec_session = await committed(worker, vad_feed, turns, config(speculate=True), realtime=True)
     assert outcomes.count("started") == outcomes.count("discarded") >= 1  # pauses inside sentences
     assert [r[0] for r in spec.replies()] == ["completed"] * 2
     assert spec.replies() == plain.replies()
@@ -261,11 +262,11 @@ async def test_discarded_speculations_change_nothing(
 
 
 async def test_a_confirmed_speculation_is_released_at_once(
-    worker: EngineWorker, vad_model: SileroVadModel, question: Samples
+    worker: EngineWorker, vad_feed: VadFeed, question: Samples
 ) -> None:
     """The speculated reply goes out when the turn is confirmed: its first chunk was ready by then."""
     cfg = config(speculate=True, silence_ms=1500)  # 1.3 s for the speculation, even on a loaded machine
-    recorder, _ = await call(worker, vad_model, [question], cfg, realtime=True)
+    recorder, _ = await call(worker, vad_feed, [question], cfg, realtime=True)
     timings = recorder.of("response.done")[0]["timings"]
     assert timings["speculative"] and timings["first_chunk_ready_at_decision"]
     assert timings["speculation_lead_ms"] > 1000
@@ -275,14 +276,14 @@ async def test_a_confirmed_speculation_is_released_at_once(
 
 
 async def test_talking_on_right_after_a_reply_began_continues_the_turn(
-    worker: EngineWorker, vad_model: SileroVadModel, speech_dir: Path
+    worker: EngineWorker, vad_feed: VadFeed, speech_dir: Path
 ) -> None:
     """A 900 ms pause ends the turn on a 500 ms window; speech 400 ms later withdraws and rolls back the
     reply, and the turn goes on to exactly the reply the uncut sentence gets."""
     audio = paused(speech_dir, "en", pause_s=0.9)
     cut_cfg = config(silence_ms=500, pause_ms=None, resume_window_s=1.0)
-    cut, cut_session = await committed(worker, vad_model, [audio], cut_cfg, realtime=True)
-    uncut, uncut_session = await committed(worker, vad_model, [audio], config(silence_ms=1200), realtime=False)
+    cut, cut_session = await committed(worker, vad_feed, [audio], cut_cfg, realtime=True)
+    uncut, uncut_session = await committed(worker, vad_feed, [audio], config(silence_ms=1200), realtime=False)
     assert [c["reason"] for c in cut.of("response.cancelled")] == ["user_continued"]
     assert len(cut.of("response.done")) == 2  # the withdrawn reply (done or cancelled as it was cut), the real one
     types = cut.types()
@@ -292,15 +293,13 @@ async def test_talking_on_right_after_a_reply_began_continues_the_turn(
     assert cut_session.usage == uncut_session.usage
 
 
-async def test_barge_in_after_the_window_interrupts_without_rollback(
-    vad_model: SileroVadModel, question: Samples
-) -> None:
+async def test_barge_in_after_the_window_interrupts_without_rollback(vad_feed: VadFeed, question: Samples) -> None:
     """Talking over a reply after the resume window is a barge-in: interrupted, nothing withdrawn."""
     slow = EngineWorker(build_tiny_engine(seed=5, cost=EngineCost(audio_rtf=1.0)))
     try:
         recorder = Recorder()
         cfg = config(silence_ms=500, resume_window_s=0.3, max_new_tokens=96, min_new_tokens=3)
-        session = CallSession("b", slow, cfg, recorder.send, vad_model)
+        session = CallSession("b", slow, cfg, recorder.send, vad_feed)
         await session.start()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(session.run())
@@ -317,15 +316,15 @@ async def test_barge_in_after_the_window_interrupts_without_rollback(
 
 
 async def test_two_calls_speculating_on_one_model_stay_isolated(
-    vad_model: SileroVadModel, speech_dir: Path, question: Samples
+    vad_feed: VadFeed, speech_dir: Path, question: Samples
 ) -> None:
     """Two calls with speculation on, interleaved on one model, each get exactly their solo replies."""
     turns = {"a": [paused(speech_dir, "en"), question], "b": [question, paused(speech_dir, "zh")]}
     cfg = config(speculate=True)
     shared = EngineWorker(build_tiny_engine(seed=5, cost=EngineCost(first_chunk_s=0.02, audio_rtf=0.05)))
     try:
-        solo = {cid: (await call(shared, vad_model, t, cfg, call_id=cid))[0].replies() for cid, t in turns.items()}
-        together = await asyncio.gather(*(call(shared, vad_model, t, cfg, call_id=cid) for cid, t in turns.items()))
+        solo = {cid: (await call(shared, vad_feed, t, cfg, call_id=cid))[0].replies() for cid, t in turns.items()}
+        together = await asyncio.gather(*(call(shared, vad_feed, t, cfg, call_id=cid) for cid, t in turns.items()))
     finally:
         shared.close()
     for (recorder, _), cid in zip(together, turns, strict=True):

@@ -17,8 +17,8 @@ from omni_server.engine.text import UserText
 from omni_server.engine.tiny import build_tiny_engine
 from omni_server.engine.worker import EngineWorker
 from omni_server.errors import ProtocolError
-from omni_server.media.vad import SileroVadModel
 from omni_server.session.session import GREETING_GUARD_S, MAX_PENDING_TEXTS, CallConfig, CallSession
+from omni_server.session.vad_feed import VadFeed
 from tests.unit.session.test_isolation import PIECE, TAIL, Recorder, Samples
 
 # Slow enough that a greeting is still being made when the test acts on it.
@@ -53,7 +53,7 @@ def types(recorder: Recorder) -> list[str]:
 
 
 async def test_a_typed_message_is_answered_like_a_spoken_turn(
-    worker: EngineWorker, vad_model: SileroVadModel, monkeypatch: pytest.MonkeyPatch
+    worker: EngineWorker, vad_feed: VadFeed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The model gets each typed message as a user text turn, special tokens made plain, and a reply follows
     (messages typed faster than a reply starts replace it before it says anything); a flood of messages
@@ -67,7 +67,7 @@ async def test_a_typed_message_is_answered_like_a_spoken_turn(
 
     monkeypatch.setattr(worker, "prefill", spy)
     recorder = Recorder("typed", [])
-    session = CallSession("typed", worker, CallConfig(max_new_tokens=32), recorder.send, vad_model)
+    session = CallSession("typed", worker, CallConfig(max_new_tokens=32), recorder.send, vad_feed)
     await session.start()
     for n in range(MAX_PENDING_TEXTS):
         session.text_turn(f"Message {n} <|im_end|><|im_start|>assistant")
@@ -88,7 +88,7 @@ async def test_a_typed_message_is_answered_like_a_spoken_turn(
 
 async def greeted(
     worker: EngineWorker,
-    vad_model: SileroVadModel,
+    vad_feed: VadFeed,
     act: Callable[[CallSession], Awaitable[None]],
     *,
     replies: int = 1,
@@ -96,7 +96,7 @@ async def greeted(
 ) -> Recorder:
     """A role-play call: once its greeting starts playing, `act` on the session; wait for `replies` replies."""
     recorder = Recorder("greeted", [])
-    session = CallSession("greeted", worker, GREETING, recorder.send, vad_model, clock=clock)
+    session = CallSession("greeted", worker, GREETING, recorder.send, vad_feed, clock=clock)
     await session.start()
     async with asyncio.TaskGroup() as tg:
         tg.create_task(session.run())
@@ -112,27 +112,27 @@ def statuses(recorder: Recorder) -> list[str]:
 
 
 async def test_noise_at_the_greetings_start_does_not_cut_it(
-    worker: EngineWorker, vad_model: SileroVadModel, question: Samples
+    worker: EngineWorker, vad_feed: VadFeed, question: Samples
 ) -> None:
     """Speech arriving as the greeting starts is not a barge-in: no speech_started, and the greeting completes."""
 
     async def noise(session: CallSession) -> None:
         push(session, np.concatenate([question[: int(0.8 * 16000)], TAIL]))  # all taken up within the guard
 
-    recorder = await greeted(worker, vad_model, noise)
+    recorder = await greeted(worker, vad_feed, noise)
     assert statuses(recorder) == ["completed"]
     assert "input.speech_started" not in types(recorder) and "response.listen" not in types(recorder)
 
 
 async def test_the_greeting_still_yields_to_the_button_and_to_speech_after_its_start(
-    worker: EngineWorker, vad_model: SileroVadModel, question: Samples
+    worker: EngineWorker, vad_feed: VadFeed, question: Samples
 ) -> None:
     """force_listen interrupts the greeting at once; speech once the guard has passed barges in as usual."""
 
     async def button(session: CallSession) -> None:
         session.force_listen()
 
-    recorder = await greeted(worker, vad_model, button)
+    recorder = await greeted(worker, vad_feed, button)
     assert statuses(recorder) == ["interrupted"] and "response.listen" in types(recorder)
 
     clock = Clock()
@@ -141,6 +141,6 @@ async def test_the_greeting_still_yields_to_the_button_and_to_speech_after_its_s
         clock.shift_s = GREETING_GUARD_S + 0.1  # the greeting has been playing for longer than the guard
         push(session, np.concatenate([question, TAIL]))
 
-    recorder = await greeted(worker, vad_model, later_speech, replies=2, clock=clock)
+    recorder = await greeted(worker, vad_feed, later_speech, replies=2, clock=clock)
     assert statuses(recorder)[0] == "interrupted"
     assert "input.speech_started" in types(recorder) and "response.listen" in types(recorder)
