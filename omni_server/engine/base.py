@@ -17,8 +17,10 @@ Must not import: sockets, websockets, aiortc, anything from `omni_server.session
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -112,6 +114,8 @@ class Engine:
     info: EngineInfo
     # Extra per-conversation attributes this model keeps (the tiny engine's sampling generator).
     extra_state_attrs: tuple[str, ...] = field(default=())
+    # Entered around every model call (the worker's): the real model's CUDA redirect on cpu/mps (devices.py).
+    call_scope: Callable[[], AbstractContextManager[object]] = field(default=contextlib.nullcontext)
 
     @property
     def state_attrs(self) -> tuple[str, ...]:

@@ -232,7 +232,8 @@ class EngineWorker:
         self._swap_in(conv, model)
         start = time.perf_counter()
         try:
-            return fn(model)
+            with self.engine.call_scope():
+                return fn(model)
         finally:
             elapsed = time.perf_counter() - start
             conv.compute_s += elapsed
