@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ from omni_server.engine.base import (
     OUTPUT_SAMPLE_RATE_HZ,
     Engine,
     EngineInfo,
+    context_tokens,
     kv_bytes_per_token,
 )
 from omni_server.engine.cost import EngineCost
@@ -288,9 +290,12 @@ class _Sampling:
 class TinyOmniModel(nn.Module):
     """MiniCPM-o 2.6's `OmniModel` interface on a tiny random model; one conversation at a time."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast, seed: int = 0, cost: EngineCost | None = None) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerFast, seed: int = 0, cost: EngineCost | None = None, faults: float = 0.0
+    ) -> None:
         super().__init__()
         self.seed = seed
+        self.faults = faults
         self.cost = cost if cost is not None else EngineCost()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -416,7 +421,8 @@ class TinyOmniModel(nn.Module):
         logger.debug("reply starts after %d context tokens", self.llm_past_key_values[0][0].shape[2])
         # The generators hold this conversation's cache and RNG, so that state swapped in later stays apart.
         rng = self.sampling_rng
-        llm = self._llm_chunks(prompt_ids, tokenizer, config, max_new_tokens, self.llm_past_key_values, rng)
+        faults = random.Random(f"{self.seed}/{session_id}/{context_tokens(self)}") if self.faults else None
+        llm = self._llm_chunks(prompt_ids, tokenizer, config, max_new_tokens, self.llm_past_key_values, rng, faults)
         return self._speech(llm, rng) if generate_audio else self._text(llm)
 
     # --- prefill internals --------------------------------------------------------------------------
@@ -482,6 +488,7 @@ class TinyOmniModel(nn.Module):
         max_new_tokens: int,
         cache: Any,
         rng: torch.Generator | None,
+        faults: random.Random | None = None,
     ) -> Iterator[_LlmChunk]:
         if config.get("num_beams", 1) > 1:
             raise RuntimeError("beam search (sampling=False) crashes in MiniCPM-o 2.6 streaming; use sampling=True")
@@ -490,6 +497,7 @@ class TinyOmniModel(nn.Module):
         held: list[int] = []
         feed, new_len, utf8_need, speaking, first = prompt_ids, 0, 0, True, True
         while True:
+            chunk_start_cache = self.llm_past_key_values
             chunk: list[int] = []
             context = list(feed)  # what repetition_penalty sees: this llm.generate call's input and output
             hidden: list[tuple[torch.Tensor, ...]] = []
@@ -515,6 +523,10 @@ class TinyOmniModel(nn.Module):
                     eos = True
                     break
                 feed = [token]
+            if faults is not None and faults.random() < self.faults:
+                # The real `_decode_text` fails on a chunk left empty, before the chunk's cache is kept.
+                self.llm_past_key_values = chunk_start_cache
+                raise IndexError("index 0 is out of bounds for dimension 0 with size 0")
             new_len += len(chunk)
             ids = held + chunk
             end = len(ids)
@@ -631,10 +643,11 @@ def _session_rng(seed: int, session_id: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
-def build_tiny_engine(seed: int = 0, cost: EngineCost | None = None) -> Engine:
-    """The tiny engine: seeded random weights, CPU, fp32; `cost` makes it as slow as the real model."""
+def build_tiny_engine(seed: int = 0, cost: EngineCost | None = None, faults: float = 0.0) -> Engine:
+    """The tiny engine: seeded random weights, CPU, fp32; `cost` makes it as slow as the real model, and
+    `faults` is the share of reply steps that fail as the real model's text decoding can (tests only)."""
     tokenizer = build_tiny_tokenizer()
-    model = TinyOmniModel(tokenizer, seed=seed, cost=cost)
+    model = TinyOmniModel(tokenizer, seed=seed, cost=cost, faults=faults)
     info = EngineInfo(
         name="tiny",
         model="tiny-random",

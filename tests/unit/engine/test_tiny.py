@@ -406,3 +406,28 @@ def test_cost_sleeps_per_text_chunk_without_audio() -> None:
     start(engine)
     chunks = reply(engine, generate_audio=False)
     assert slept == pytest.approx([0.4] + [0.1] * len(chunks))
+
+
+def failing_step(engine: Engine, session_id: str) -> tuple[int, int, int]:
+    """(chunks before the fault, context before the failed chunk, context after the fault) of one reply."""
+    model = start(engine, session_id)
+    before, steps = context_tokens(model), 0
+    with pytest.raises(IndexError, match="index 0 is out of bounds"):
+        for steps, _ in enumerate(
+            model.streaming_generate(session_id, engine.tokenizer, max_new_tokens=90, generate_audio=False), 1
+        ):  # noqa: B007
+            before = context_tokens(model)
+    return steps, before, context_tokens(model)
+
+
+def test_fault_mode_fails_a_reply_like_the_real_decoder_and_keeps_the_cache() -> None:
+    """--engine-faults: the real `_decode_text` IndexError, raised before the failed chunk's cache is kept;
+    the conversation goes on with the interrupted-reply prefix, and the same seed fails at the same step."""
+    engine = build_tiny_engine(seed=0, faults=0.5)
+    runs = [failing_step(engine, f"s{i}") for i in range(4)]
+    assert all(before == after for _, before, after in runs)  # the failed chunk added nothing
+    assert any(steps > 0 for steps, _, _ in runs)  # faults come mid-reply too, not only before the first chunk
+    assert runs == [failing_step(build_tiny_engine(seed=0, faults=0.5), f"s{i}") for i in range(4)]
+    model = model_of(engine)
+    model.streaming_prefill("s3", user(SECOND), engine.tokenizer)
+    assert model.last_prompt_text is not None and model.last_prompt_text.startswith("<|tts_eos|><|im_end|>")
