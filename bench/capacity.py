@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import datetime
 import sys
 import tempfile
@@ -34,7 +33,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -43,8 +41,9 @@ from omni_server.engine.cost import EngineCost
 from omni_server.engine.tiny import build_tiny_engine
 from omni_server.engine.worker import EngineWorker
 from omni_server.media.vad import SileroVadModel
+from omni_server.protocol import OutputAudioDelta, ResponseDone, Send, ServerEvent
 from omni_server.session.playback import Playback
-from omni_server.session.session import CallConfig, CallSession, Send
+from omni_server.session.session import CallConfig, CallSession
 
 UTTERANCE = "Could you tell me a short story about a small robot who learns to paint the sea at night?"
 LEAD_SILENCE_S = 0.4  # before each utterance, so the VAD sees a clean onset
@@ -77,18 +76,18 @@ class Caller:
         self._end_piece = (len(self._utterance) - 1) // PIECE_SAMPLES
         self._pause_s = pause_s
 
-    async def send(self, event_type: str, **fields: Any) -> None:
+    async def send(self, event: ServerEvent) -> None:
         turn = self.turns[-1] if self.turns else None
         if turn is None:
             return
         now = time.monotonic()
-        if event_type == "response.output_audio.delta":
-            duration = len(base64.b64decode(fields["audio"])) / 4 / int(fields["sample_rate"])
+        if isinstance(event, OutputAudioDelta):
+            duration = len(event.audio) / event.sample_rate
             if turn.first_audio_at is None:
                 turn.first_audio_at = now
             turn.playback.on_audio(now, duration)
             turn.audio_s += duration
-        elif event_type == "response.done":
+        elif isinstance(event, ResponseDone):
             turn.done_at = now
 
     async def run(self, start_at: float, stop_at: float) -> None:

@@ -25,7 +25,7 @@ import logging
 import secrets
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -45,7 +45,7 @@ from omni_server.library.identity import Identity
 from omni_server.media.vad import SileroVadModel
 from omni_server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from omni_server.metrics import ServerMetrics
-from omni_server.protocol import SUBPROTOCOL, encode
+from omni_server.protocol import SUBPROTOCOL, Send, ServerEvent, encode
 from omni_server.session.manager import SessionManager
 from omni_server.transport import http as web
 from omni_server.transport import starting
@@ -284,8 +284,8 @@ async def _in_daemon_thread(fn: EngineLoader) -> Engine:
     return await future
 
 
-def _raw_sender(ws: ServerConnection) -> Callable[..., Awaitable[None]]:
-    async def send(event_type: str, **fields: Any) -> None:
-        await ws.send(encode(event_type, **fields))
+def _raw_sender(ws: ServerConnection) -> Send:
+    async def send(event: ServerEvent) -> None:
+        await ws.send(encode(event))
 
     return send

@@ -1,7 +1,7 @@
 """Prometheus metrics for one server, in its own `CollectorRegistry` (many servers can share a process).
 
 Session-level metrics are read off the event stream: `ServerMetrics.observe(send)` wraps a call's
-`send(event_type, **fields)` and counts what goes by (`response.done` carries the turn's timings,
+`send(event)` and counts what goes by (`response.done` carries the turn's timings,
 `error` its code, `session.closed` its reason), so the session code does not know metrics exist.
 Engine timings come from the worker thread (`engine_timing`), wire bytes from the connection
 (`transport/guard.py`), and live/queued calls are read from `Admission` at scrape time.
@@ -12,13 +12,13 @@ Must not import: torch, websockets, the engine's models.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-Send = Callable[..., Any]  # async send(event_type, **fields)
+from omni_server.protocol import Error, ResponseDone, Send, ServerEvent, SessionClosed
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Label values come from our own codes; anything else (a bug, a future code) is folded into "other"
 # so a label can never grow without bound.
@@ -107,24 +107,22 @@ class ServerMetrics:
     def observe(self, send: Send) -> Send:
         """Wrap a call's `send` so every event it sends is counted on the way out."""
 
-        async def observed(event_type: str, **fields: Any) -> None:
-            self.count_event(event_type, fields)
-            await send(event_type, **fields)
+        async def observed(event: ServerEvent) -> None:
+            self.count_event(event)
+            await send(event)
 
         return observed
 
-    def count_event(self, event_type: str, fields: dict[str, Any]) -> None:
-        if event_type == "response.done":
-            self._count_turn(fields)
-        elif event_type == "error":
-            error = fields.get("error") or {}
-            self.errors.labels(_label(str(error.get("code", "")))).inc()
-        elif event_type == "session.closed":
-            self.closed.labels(_label(str(fields.get("reason", "")))).inc()
+    def count_event(self, event: ServerEvent) -> None:
+        if isinstance(event, ResponseDone):
+            self._count_turn(event)
+        elif isinstance(event, Error):
+            self.errors.labels(_label(event.code)).inc()
+        elif isinstance(event, SessionClosed):
+            self.closed.labels(_label(event.reason)).inc()
 
-    def _count_turn(self, fields: dict[str, Any]) -> None:
-        response = fields.get("response") or {}
-        timings = fields.get("timings") or {}
+    def _count_turn(self, event: ResponseDone) -> None:
+        response, timings = event.response, event.timings
         self.turns.labels(_label(str(response.get("status", "")))).inc()
         first_ms = timings.get("end_of_turn_to_first_audio_ms")
         if first_ms is not None:

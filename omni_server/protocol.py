@@ -2,19 +2,27 @@
 
 The dialect is the one OpenBMB's MiniCPM-o Realtime service speaks (as the `openbmb-realtime` SDK 0.1.6
 implements it), plus our documented additions (docs/protocol.md). `decode_client_event` is the one
-place that validates client JSON; everything after it works with the dataclasses below. Media stays
-base64 text here: decoding samples and images belongs to `omni_server.media`.
+place that validates client JSON; everything after it works with the dataclasses below. Server events
+are dataclasses too (`ServerEvent`), so the session and the transports never write wire format
+themselves. Incoming media stays base64 text here: decoding samples and images belongs to
+`omni_server.media`, whose encoder also writes the reply audio of `OutputAudioDelta`.
 
 Must not import: torch, the engine, sockets.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from omni_server.errors import PayloadTooLarge, ProtocolError
+import numpy as np
+import numpy.typing as npt
+
+from omni_server.errors import PayloadTooLarge, ProtocolError, error_payload
+from omni_server.media.pcm import encode_f32_base64
 
 SUBPROTOCOL = "map.realtime"
 MODES = ("audio", "video")
@@ -194,11 +202,158 @@ def _opt(obj: dict[str, Any], key: str, kind: type) -> Any:
 
 
 # ---- server events -------------------------------------------------------------------------------
+#
+# Every event the server sends is one frozen dataclass below: its `type` is the wire name, its fields the
+# wire fields (top-level fields left as None are not sent). Sessions and transports build these objects;
+# only `encode` (or a transport with its own encoding of audio) turns them into bytes.
 
 
-def encode(event_type: str, **fields: Any) -> str:
+@dataclass(frozen=True)
+class ServerEvent:
+    """Base of the server's events; subclasses set `type` and their fields."""
+
+    type: ClassVar[str] = ""
+
+    def wire(self) -> dict[str, Any]:
+        """The event as the JSON object a client receives."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {"type": self.type, **{k: v for k, v in fields.items() if v is not None}}
+
+
+@dataclass(frozen=True)
+class Error(ServerEvent):
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Error:
+        """The error a client sees for `exc` (no internals: see `errors.error_payload`)."""
+        return cls(**error_payload(exc))
+
+    def wire(self) -> dict[str, Any]:
+        return {"type": self.type, "error": {"code": self.code, "message": self.message}}
+
+
+@dataclass(frozen=True)
+class SessionQueued(ServerEvent):
+    type: ClassVar[str] = "session.queued"
+    position: int
+    estimated_wait_s: float
+    queue_length: int
+    reason: str | None = None  # "starting" while the model loads
+
+
+@dataclass(frozen=True)
+class SessionQueueDone(ServerEvent):
+    type: ClassVar[str] = "session.queue_done"
+
+
+@dataclass(frozen=True)
+class SessionCreated(ServerEvent):
+    type: ClassVar[str] = "session.created"
+    session_id: str
+    mode: str  # audio | video
+    transport: str  # websocket | webrtc
+    conversation_mode: str
+    language: str
+    engine: dict[str, Any]
+    input_sample_rate: int
+    output_sample_rate: int
+
+
+@dataclass(frozen=True)
+class SessionClosed(ServerEvent):
+    type: ClassVar[str] = "session.closed"
+    reason: str
+    session_id: str | None = None  # None: the caller never had a session
+
+
+@dataclass(frozen=True)
+class SpeechStarted(ServerEvent):
+    type: ClassVar[str] = "input.speech_started"
+    audio_start_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechStopped(ServerEvent):
+    type: ClassVar[str] = "input.speech_stopped"
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class ConversationTruncated(ServerEvent):
+    type: ClassVar[str] = "conversation.truncated"
+    reason: str
+    dropped_tokens: int
+
+
+@dataclass(frozen=True)
+class ResponseCreated(ServerEvent):
+    type: ClassVar[str] = "response.created"
+    response_id: str
+
+
+@dataclass(frozen=True)
+class OutputTextDelta(ServerEvent):
+    type: ClassVar[str] = "response.output_text.delta"
+    response_id: str
+    text: str
+
+
+@dataclass(frozen=True, eq=False)
+class OutputAudioDelta(ServerEvent):
+    """Reply speech: float32 samples on the wire as base64 of little-endian float32."""
+
+    type: ClassVar[str] = "response.output_audio.delta"
+    response_id: str
+    audio: npt.NDArray[np.float32]
+    sample_rate: int
+    ahead_of_playback_ms: float
+
+    def wire(self) -> dict[str, Any]:
+        return {**super().wire(), "audio": encode_f32_base64(self.audio)}
+
+
+@dataclass(frozen=True)
+class ResponseListen(ServerEvent):
+    """Barge-in: the client drops the reply audio it has queued."""
+
+    type: ClassVar[str] = "response.listen"
+    response_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResponseDone(ServerEvent):
+    type: ClassVar[str] = "response.done"
+    response: dict[str, Any]  # {id, status, output_tokens, usage}
+    timings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WebRtcConfig(ServerEvent):
+    type: ClassVar[str] = "webrtc.config"
+    ice_servers: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class WebRtcAnswer(ServerEvent):
+    type: ClassVar[str] = "webrtc.answer"
+    sdp: str
+
+
+Send = Callable[[ServerEvent], Awaitable[None]]  # a call's way out to its client
+
+
+def encode(event: ServerEvent) -> str:
     """One server event as a JSON text frame."""
-    return json.dumps({"type": event_type, **fields}, ensure_ascii=False, separators=(",", ":"))
+    return encode_fields(event.wire())
+
+
+def encode_fields(obj: dict[str, Any]) -> str:
+    """A JSON object as a compact text frame (the library socket's replies use it too)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def usage_payload(input_tokens: int, output_tokens: int, audio_tokens: int, vision_tokens: int) -> dict[str, Any]:

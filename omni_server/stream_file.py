@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +22,7 @@ from omni_server.engine.worker import EngineWorker
 from omni_server.errors import EngineError
 from omni_server.logs import setup_logging
 from omni_server.media.vad import SileroVadModel
+from omni_server.protocol import Error, OutputAudioDelta, OutputTextDelta, ResponseDone, ServerEvent
 from omni_server.session.session import CallConfig, CallSession
 
 Unit = tuple[Image.Image, npt.NDArray[np.float32]]
@@ -55,13 +54,13 @@ async def stream(
     audio: list[npt.NDArray[np.float32]] = []
     done = asyncio.Event()
 
-    async def send(event_type: str, **fields: Any) -> None:
-        if event_type == "response.output_text.delta":
-            text.append(fields["text"])
-            print(fields["text"], end="", flush=True)
-        elif event_type == "response.output_audio.delta":
-            audio.append(np.frombuffer(base64.b64decode(fields["audio"]), dtype="<f4"))
-        elif event_type in ("response.done", "error"):
+    async def send(event: ServerEvent) -> None:
+        if isinstance(event, OutputTextDelta):
+            text.append(event.text)
+            print(event.text, end="", flush=True)
+        elif isinstance(event, OutputAudioDelta):
+            audio.append(event.audio)
+        elif isinstance(event, ResponseDone | Error):
             done.set()
 
     config = CallConfig(

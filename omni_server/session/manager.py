@@ -22,9 +22,9 @@ from omni_server.config import Settings
 from omni_server.engine.client import EngineClient
 from omni_server.library.choice import choose_voice, decode_limits_for, store_for
 from omni_server.media.vad import SileroVadModel
-from omni_server.protocol import SessionInit
+from omni_server.protocol import Send, SessionInit
 from omni_server.session.admission import Admission, OnQueued
-from omni_server.session.session import CallConfig, CallSession, Send
+from omni_server.session.session import CallConfig, CallSession
 from omni_server.session.turns import TurnConfig
 
 logger = logging.getLogger(__name__)

@@ -7,12 +7,10 @@ kept. During a turn every completed 1-second unit (`[audio]`, or `["<unit>", fra
 call) is prefilled at once, so at the end of the turn only the partial last unit is left to prefill
 before `streaming_generate` starts. Every output chunk is sent the moment it exists.
 
-Barge-in: speech during a reply (or the client's `force_listen`) abandons the reply generator, which
-the model marks with `<|tts_eos|>` at the next prefill, and tells the client to drop queued audio.
-
-Reply audio goes to the client as base64 `response.output_audio.delta` events, unless the transport
-carries it on a media track: then it sets `audio_sink`, which gets each chunk instead, is told when a
-reply ends, and is flushed on barge-in.
+Replies are `Reply` objects (reply.py), one per turn. Barge-in: speech during a reply (or the
+client's `force_listen`) interrupts it: the reply generator is abandoned, which the model marks with
+`<|tts_eos|>` at the next prefill, and the client is told to drop queued audio. A transport that
+carries reply audio on a media track sets `audio_sink` before `run`.
 
 Context: MiniCPM-o was trained to 8192 tokens and never truncates its cache. When the next unit plus a
 reply would not fit, the call rolls over to a fresh model conversation: the system prompt (and so the
@@ -24,39 +22,42 @@ Must not import: websockets, aiortc, torch.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, OUTPUT_SAMPLE_RATE_HZ, EngineInfo
-from omni_server.engine.client import ConversationHandle, EngineClient, ReplyChunks
-from omni_server.errors import OmniError, ProtocolError, SessionEnded, error_payload
+from omni_server import protocol
+from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, EngineInfo
+from omni_server.engine.client import ConversationHandle, EngineClient
+from omni_server.errors import OmniError, ProtocolError, SessionEnded
 from omni_server.media.vad import SileroVadModel, VadStream
-from omni_server.protocol import usage_payload
-from omni_server.session.playback import Playback
+from omni_server.protocol import (
+    ConversationTruncated,
+    Error,
+    ResponseDone,
+    Send,
+    usage_payload,
+)
+from omni_server.session.reply import AudioSink, Reply, TurnStats
 from omni_server.session.turns import SpeechStarted, SpeechStopped, TurnConfig, TurnDetector
 from omni_server.session.units import PreRoll, UnitCutter
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[..., Awaitable[None]]  # send(event_type, **fields)
 Samples = npt.NDArray[np.float32]
 # Scheduling (see docs/capacity.md): every model call carries the time by which it should start.
 PREFILL_BOUND_S = 1.0  # a unit prefilled later than this after its last sample arrived counts as late
 # ... but is due much sooner: the input loop (and so turn detection) waits on each prefill, and a unit
 # costs tens of ms, so it goes ahead of any reply chunk whose listener has more than this buffered.
 PREFILL_START_S = 0.2
-FIRST_CHUNK_SLACK_S = 0.5  # a reply's first chunk may yield this long to calls whose listener would run dry
-PLAYBACK_GUARD_S = 0.1  # a later chunk is due this long (plus its own compute) before the listener runs dry
 # Pieces up to this size run silero on the event loop (at most ~2 ms); longer ones go to a thread.
 _INLINE_VAD_SAMPLES = INPUT_SAMPLE_RATE_HZ // 4
 _CLOSE_CHUNK_WAIT_S = 1.0
@@ -69,18 +70,6 @@ _GREETING = {  # role-play: the user turn that makes the character speak first
     "en": 'The call has just started. Greet me in character, beginning with: "{greeting}"',
     "zh": "通话刚刚开始。请以角色的身份向我问好，开头说：“{greeting}”",
 }
-
-
-class AudioSink(Protocol):
-    """A transport's outgoing audio (a WebRTC track): takes 24 kHz float32 reply audio instead of events."""
-
-    def write(self, samples: Samples) -> None: ...
-
-    def end(self) -> None:
-        """The reply finished normally: play out what is queued."""
-
-    def flush(self) -> None:
-        """Barge-in: drop everything queued, now."""
 
 
 @dataclass(frozen=True)
@@ -109,38 +98,6 @@ class CallConfig:
 
     def model_mode(self) -> str:
         return "omni" if self.video and self.conversation_mode == "assistant" else _VOICE_MODES[self.conversation_mode]
-
-
-@dataclass
-class TurnStats:
-    """Timings of one turn, sent with `response.done` and kept for metrics."""
-
-    speech_end_at: float = 0.0  # when the turn detector ended the user's turn
-    reply_start_at: float = 0.0  # when streaming_generate was called
-    first_audio_at: float | None = None
-    compute_start_s: float = 0.0  # the conversation's model time when the turn ended
-    compute_first_audio_s: float | None = None  # ... and when the first audio chunk was ready
-    audio_s: float = 0.0
-    playback: Playback = field(default_factory=Playback)
-
-    def as_dict(self, compute_s: float, late_units: int) -> dict[str, Any]:
-        first = None if self.first_audio_at is None else round((self.first_audio_at - self.speech_end_at) * 1000, 1)
-        to_first = self.compute_first_audio_s
-        return {
-            "end_of_turn_to_first_audio_ms": first,
-            "engine_to_first_audio_ms": None
-            if to_first is None
-            else round((to_first - self.compute_start_s) * 1000, 1),
-            "prefill_tail_ms": round((self.reply_start_at - self.speech_end_at) * 1000, 1),
-            "engine_ms": round((compute_s - self.compute_start_s) * 1000, 1),
-            "audio_s": round(self.audio_s, 3),
-            "late_units": late_units,
-            "min_ahead_of_playback_ms": None
-            if self.playback.min_ahead_s is None
-            else round(self.playback.min_ahead_s * 1000, 1),
-            "playback_underruns": self.playback.underruns,
-            "underrun_ms": round(self.playback.underrun_s * 1000, 1),
-        }
 
 
 class CallSession:
@@ -172,7 +129,7 @@ class CallSession:
         self._in_turn = not config.turn_detection  # manual turn-taking: every sample belongs to a turn
         self._conv_index = itertools.count()
         self._conv: ConversationHandle = worker.open(self._next_conv_id())
-        self._reply_task: asyncio.Task[None] | None = None
+        self._reply: Reply | None = None  # the latest reply (it may still be playing at the listener)
         self._replies: deque[str] = deque(maxlen=3)  # recent reply texts, for a context roll-over
         self._unit_tokens = 100  # estimate, refined by each prefill
         self._tg: asyncio.TaskGroup | None = None
@@ -184,7 +141,6 @@ class CallSession:
         self.client_underruns = 0  # as the client's player reports them
         self.audio_sink: AudioSink | None = None  # set before `run` by a transport with an audio track
         self.playback_underruns = 0  # as the server sees them (`Playback`), over all replies
-        self._playback: Playback | None = None  # the reply being played, if any
 
     # ---- called by the transport -------------------------------------------------------------------
 
@@ -249,7 +205,7 @@ class CallSession:
             failure = group.exceptions[0]
             assert isinstance(failure, OmniError)
             logger.warning("session failed: %s", failure.code, extra={"session_id": self.id})
-            await self._send("error", error=error_payload(failure))
+            await self._send(Error.of(failure))
             reason = "error"
         finally:
             await self._worker.release(self._conv)
@@ -281,10 +237,10 @@ class CallSession:
             if self._in_turn or self._cutter.pending_samples:
                 await self._end_turn()
         elif command.startswith("close:"):
-            if self._reply_task is not None:
+            if self._reply is not None:
                 # The reply ends after the chunk being made; a chunk still queued behind other calls'
                 # more urgent work is not waited for (it could be seconds away), so the reply is dropped then.
-                await asyncio.wait([self._reply_task], timeout=_CLOSE_CHUNK_WAIT_S)
+                await self._reply.wait(_CLOSE_CHUNK_WAIT_S)
                 await self._interrupt()
             raise SessionEnded("The client closed the session.", code=command.removeprefix("close:"))
 
@@ -308,10 +264,10 @@ class CallSession:
                     continue  # the user talks over the reply, and this call does not allow barge-in
                 await self._interrupt()
                 self._in_turn, fed = True, True
-                await self._send("input.speech_started", audio_start_ms=_ms(event.sample_index))
+                await self._send(protocol.SpeechStarted(audio_start_ms=_ms(event.sample_index)))
                 await self._feed_units(self._preroll.take())
             elif isinstance(event, SpeechStopped) and self._in_turn:
-                await self._send("input.speech_stopped", audio_end_ms=_ms(event.sample_index))
+                await self._send(protocol.SpeechStopped(audio_end_ms=_ms(event.sample_index)))
                 await self._end_turn()
         if self._in_turn and not fed:
             await self._feed_units(samples)
@@ -328,8 +284,7 @@ class CallSession:
         if tail is not None:
             await self._prefill_unit(tail, arrived=stats.speech_end_at, bound_s=0.0)  # the reply waits on it
         stats.reply_start_at = self._clock()
-        assert self._tg is not None
-        self._reply_task = self._tg.create_task(self._reply(stats), name=f"{self.id}-reply")
+        self._start_reply(stats)
 
     async def _greet(self, greeting: str) -> None:
         """Start a reply to a text turn asking for the greeting; the user can talk over it as over any reply."""
@@ -338,24 +293,15 @@ class CallSession:
         after = await self._worker.prefill(self._conv, [{"role": "user", "content": [prompt]}])
         self._count_input(after - before, audio_s=0.0)
         now = self._clock()
-        stats = TurnStats(speech_end_at=now, reply_start_at=now, compute_start_s=self._conv.compute_s)
-        assert self._tg is not None
-        self._reply_task = self._tg.create_task(self._reply(stats), name=f"{self.id}-greeting")
+        self._start_reply(TurnStats(speech_end_at=now, reply_start_at=now, compute_start_s=self._conv.compute_s))
 
     def _replying(self) -> bool:
-        return self._reply_task is not None and not self._reply_task.done()
+        return self._reply is not None and self._reply.active
 
     async def _interrupt(self) -> None:
         """Barge-in: stop the reply within one chunk and tell the client to drop queued audio."""
-        if self.audio_sink is not None:
-            self.audio_sink.flush()  # a reply generated in full may still be playing on the track
-        task = self._reply_task
-        if task is None or task.done():
-            return
-        task.cancel()  # the reply says `response.listen` before its `response.done`
-        # Wait without `suppress(CancelledError)`: that would also swallow a cancellation of this task
-        # (the call ending meanwhile), which then went on to start a reply in a closing task group.
-        await asyncio.wait([task])
+        if self._reply is not None:
+            await self._reply.interrupt()
 
     # ---- model calls ------------------------------------------------------------------------------
 
@@ -406,92 +352,44 @@ class CallSession:
         note = _MEMORY_NOTE[self.config.language].format(text=recent) if recent else None
         await self._prefill_system_prompt(note)
         logger.info("context rolled over", extra={"session_id": self.id, "dropped_tokens": dropped})
-        await self._send("conversation.truncated", reason="context_full", dropped_tokens=dropped)
+        await self._send(ConversationTruncated(reason="context_full", dropped_tokens=dropped))
 
-    async def _reply(self, stats: TurnStats) -> None:
-        response_id = f"resp_{len(self.turns) + 1}"
-        await self._send("response.created", response_id=response_id)
-        gen_kwargs: dict[str, Any] = {"max_new_tokens": self.config.max_new_tokens}
-        gen_kwargs["generate_audio"] = self.config.tts_enabled
-        if self.config.min_new_tokens:
-            gen_kwargs["min_new_tokens"] = self.config.min_new_tokens
-        if self.config.temperature is not None:
-            gen_kwargs["temperature"] = self.config.temperature
-        before = self._conv.context_tokens
-        status, text, barged_in = "completed", [], False
-        stream: ReplyChunks | None = None
-        self._playback = stats.playback
-        step_s = 0.0  # model time of a chunk: the next one is due that much before it is needed
-        try:
-            stream = await self._worker.reply(self._conv, **gen_kwargs)
-            while True:
-                chunk = await stream.next(deadline=self._chunk_deadline(stats, step_s), read_ahead=True)
-                if chunk is None:
-                    break
-                if stats.first_audio_at is not None:  # the first chunk's cost says nothing about later ones
-                    step_s = stream.step_s
-                if chunk.text:
-                    text.append(chunk.text)
-                    await self._send("response.output_text.delta", response_id=response_id, text=chunk.text)
-                if chunk.audio.size:
-                    now = self._clock()
-                    if stats.first_audio_at is None:
-                        stats.first_audio_at = now
-                        stats.compute_first_audio_s = self._conv.compute_s
-                    stats.audio_s += chunk.duration_s
-                    stats.playback.on_audio(now, chunk.duration_s)
-                    if self.audio_sink is not None:
-                        self.audio_sink.write(chunk.audio)
-                    else:
-                        await self._send(
-                            "response.output_audio.delta",
-                            response_id=response_id,
-                            audio=base64.b64encode(chunk.audio.astype("<f4").tobytes()).decode("ascii"),
-                            sample_rate=OUTPUT_SAMPLE_RATE_HZ,
-                            ahead_of_playback_ms=round(stats.playback.ahead_s(now) * 1000, 1),
-                        )
-                if self._closing:
-                    status = "interrupted"
-                    break
-        except asyncio.CancelledError:
-            status, barged_in = "interrupted", not self._closing
-            raise
-        finally:
-            if self.audio_sink is not None and status == "interrupted":
-                self.audio_sink.flush()  # before anything that awaits: barge-in silences at once
-            elif self.audio_sink is not None:
-                self.audio_sink.end()
-            if stream is not None:
-                await asyncio.shield(stream.close())
-            self._replies.append("".join(text))
-            self.playback_underruns += stats.playback.underruns
-            if status == "interrupted":
-                self._playback = None  # the client drops its queued audio
-            output = max(0, self._conv.context_tokens - before)
-            self.usage["output_tokens"] += output
-            timings = stats.as_dict(self._conv.compute_s, self.late_units)
-            self.turns.append({"status": status, **timings})
-            if barged_in:
-                await asyncio.shield(self._send("response.listen", response_id=response_id, reason="interrupted"))
-            await asyncio.shield(self._send_done(response_id, status, output, timings))
+    def _start_reply(self, stats: TurnStats) -> None:
+        """Start the reply to the turn that just ended (one reply at a time: the last one has ended)."""
+        cfg = self.config
+        gen_kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "generate_audio": cfg.tts_enabled}
+        if cfg.min_new_tokens:
+            gen_kwargs["min_new_tokens"] = cfg.min_new_tokens
+        if cfg.temperature is not None:
+            gen_kwargs["temperature"] = cfg.temperature
+        reply = Reply(f"resp_{len(self.turns) + 1}", stats, send=self._send, sink=self.audio_sink, clock=self._clock)
+        assert self._tg is not None
+        reply.start(
+            self._tg, self._worker, self._conv, gen_kwargs, closing=lambda: self._closing, on_done=self._reply_done
+        )
+        self._reply = reply
 
-    async def _send_done(self, response_id: str, status: str, output: int, timings: dict[str, Any]) -> None:
+    async def _reply_done(self, reply: Reply) -> None:
+        """Keep what the reply added to the call, and say `response.done`."""
+        self._replies.append("".join(reply.text))
+        self.playback_underruns += reply.playback.underruns
+        self.usage["output_tokens"] += reply.output_tokens
+        timings = reply.stats.as_dict(self._conv.compute_s, self.late_units)
+        self.turns.append({"status": reply.status, **timings})
         u = self.usage
         usage = usage_payload(u["input_tokens"], u["output_tokens"], u["audio_tokens"], u["vision_tokens"])
-        response = {"id": response_id, "status": status, "output_tokens": output, "usage": usage}
-        await self._send("response.done", response=response, timings=timings)
-
-    def _chunk_deadline(self, stats: TurnStats, step_s: float) -> float:
-        """When the next chunk must start: in time for the listener not to run dry; the first soon after the turn."""
-        end_at = stats.playback.end_at
-        if end_at is None:
-            return stats.speech_end_at + FIRST_CHUNK_SLACK_S
-        return end_at - PLAYBACK_GUARD_S - step_s
+        response = {
+            "id": reply.response_id,
+            "status": reply.status,
+            "output_tokens": reply.output_tokens,
+            "usage": usage,
+        }
+        await self._send(ResponseDone(response, timings))
 
     @property
     def ahead_of_playback_s(self) -> float:
         """Seconds of reply audio the listener has buffered now, as the server sees it (0 when silent)."""
-        return 0.0 if self._playback is None else self._playback.ahead_s(self._clock())
+        return 0.0 if self._reply is None else self._reply.ahead_s(self._clock())
 
     def _count_input(self, tokens: int, *, audio_s: float, frames: int = 0) -> None:
         self.usage["input_tokens"] += max(0, tokens)

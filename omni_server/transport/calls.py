@@ -15,19 +15,33 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from omni_server.engine.base import EngineInfo
-from omni_server.errors import OmniError, ProtocolError, SessionEnded, SessionRefused, error_payload
+from omni_server.errors import OmniError, ProtocolError, SessionEnded, SessionRefused
 from omni_server.media.images import ImageFormatError
 from omni_server.media.pcm import AudioFormatError
 from omni_server.metrics import ServerMetrics
-from omni_server.protocol import ClientStats, InputAppend, InputCommit, SessionClose, SessionInit, encode
+from omni_server.protocol import (
+    ClientStats,
+    Error,
+    InputAppend,
+    InputCommit,
+    Send,
+    ServerEvent,
+    SessionClose,
+    SessionClosed,
+    SessionCreated,
+    SessionInit,
+    SessionQueued,
+    SessionQueueDone,
+    encode,
+)
 from omni_server.session.manager import SessionManager
-from omni_server.session.session import AudioSink, CallConfig, CallSession, Send, describe_engine
+from omni_server.session.reply import AudioSink
+from omni_server.session.session import CallConfig, CallSession, describe_engine
 from omni_server.transport.guard import SlowClient
 
 logger = logging.getLogger(__name__)
@@ -56,18 +70,18 @@ class CallEndpoint:
         reason = "error"
         try:
             async with self.manager.slot(queued(send)):
-                await send("session.queue_done")
+                await send(SessionQueueDone())
                 reason = await serve(call_id)
         except SessionRefused as e:
-            await quietly(send("error", error=error_payload(e)))
+            await quietly(send(Error.of(e)))
             reason = e.code
         except ProtocolError as e:  # the call could not be set up (e.g. WebRTC negotiation)
-            await quietly(send("error", error=error_payload(e)))
+            await quietly(send(Error.of(e)))
         except (ConnectionClosed, SessionEnded):
             reason = "disconnected"
         finally:
             self.manager.forget(call_id)
-            await quietly(send("session.closed", session_id=call_id, reason=reason))
+            await quietly(send(SessionClosed(reason=reason, session_id=call_id)))
             await ws.close()
             logger.info("call ended", extra={"session_id": call_id, "reason": reason, "transport": self.transport})
 
@@ -86,10 +100,9 @@ class CallEndpoint:
             await session.start()
         except OmniError as e:
             await session.release()
-            await send("error", error=error_payload(e))
+            await send(Error.of(e))
             return None
-        await send(
-            "session.created",
+        created = SessionCreated(
             session_id=call_id,
             mode="video" if config.video else "audio",
             transport=self.transport,
@@ -99,6 +112,7 @@ class CallEndpoint:
             input_sample_rate=16000,
             output_sample_rate=output_sample_rate,
         )
+        await send(created)
         logger.info("call started", extra={"session_id": call_id, "transport": self.transport})
         return session
 
@@ -118,21 +132,21 @@ class CallEndpoint:
         return True
 
 
-def error_fields(e: Exception) -> dict[str, str]:
-    """The `error` event's body for a bad frame, a bad call setting, or a failure."""
+def error_event(e: Exception) -> Error:
+    """The `error` event for a bad frame, a bad call setting, or a failure."""
     if isinstance(e, AudioFormatError):
-        return {"code": "invalid_audio", "message": str(e)}
+        return Error("invalid_audio", str(e))
     if isinstance(e, ImageFormatError):
-        return {"code": "invalid_image", "message": str(e)}
-    return error_payload(e)
+        return Error("invalid_image", str(e))
+    return Error.of(e)
 
 
 def sender(ws: ServerConnection) -> Send:
-    """`send(event_type, **fields)` on a WebSocket; a vanished or stalled client ends the call."""
+    """`send(event)` on a WebSocket; a vanished or stalled client ends the call."""
 
-    async def send(event_type: str, **fields: Any) -> None:
+    async def send(event: ServerEvent) -> None:
         try:
-            await ws.send(encode(event_type, **fields))
+            await ws.send(encode(event))
         except SlowClient as e:
             raise SessionEnded("The client stopped reading.", code="slow_client") from e
         except ConnectionClosed as e:
@@ -143,7 +157,7 @@ def sender(ws: ServerConnection) -> Send:
 
 def queued(send: Send) -> Callable[[int, float, int], Awaitable[None]]:
     async def on_queued(position: int, wait_s: float, length: int) -> None:
-        await send("session.queued", position=position, estimated_wait_s=wait_s, queue_length=length)
+        await send(SessionQueued(position=position, estimated_wait_s=wait_s, queue_length=length))
 
     return on_queued
 

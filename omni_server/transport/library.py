@@ -13,7 +13,6 @@ Must not import: torch, the engine's models.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import http
 import json
@@ -33,8 +32,8 @@ from omni_server.errors import OmniError, ProtocolError, error_payload
 from omni_server.library.identity import Identity
 from omni_server.library.reference import voice_from_file
 from omni_server.library.store import VoiceStore
-from omni_server.media.pcm import AudioFormatError
-from omni_server.protocol import encode
+from omni_server.media.pcm import AudioFormatError, encode_f32_base64
+from omni_server.protocol import encode_fields
 from omni_server.session.manager import SessionManager
 from omni_server.session.reading import read_aloud
 from omni_server.transport import http as web
@@ -223,7 +222,7 @@ class LibraryEndpoint:
                         if not chunk.audio.size:
                             continue
                         audio_s += chunk.duration_s
-                        b64 = base64.b64encode(chunk.audio.astype("<f4").tobytes()).decode("ascii")
+                        b64 = encode_f32_base64(chunk.audio)
                         await self._reply(
                             ws, rid, "tts.delta", audio=b64, text=chunk.text, sample_rate=OUTPUT_SAMPLE_RATE_HZ
                         )
@@ -233,7 +232,7 @@ class LibraryEndpoint:
 
     @staticmethod
     async def _reply(ws: ServerConnection, rid: Any, kind: str, **fields: Any) -> None:
-        await ws.send(encode(kind, id=rid, **fields))
+        await ws.send(encode_fields({"type": kind, "id": rid, **fields}))
 
 
 def _request(raw: str) -> dict[str, Any]:

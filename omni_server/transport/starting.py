@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+
+from omni_server.protocol import Error, Send, SessionClosed, SessionQueued
 
 UPDATE_S = 3.0
-Send = Callable[..., Awaitable[None]]
 
 
 async def hold_until_loaded(send: Send, loaded: asyncio.Event, *, update_s: float = UPDATE_S) -> None:
     """Tell the caller the server is starting, every `update_s`, until `loaded` is set."""
     while not loaded.is_set():
-        await send("session.queued", position=1, estimated_wait_s=0.0, queue_length=1, reason="starting")
+        await send(SessionQueued(position=1, estimated_wait_s=0.0, queue_length=1, reason="starting"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(loaded.wait(), update_s)
 
 
 async def refuse(send: Send, code: str, message: str) -> None:
     """End a held caller's connection when the server will not become ready."""
-    await send("error", error={"code": code, "message": message})
-    await send("session.closed", reason=code)
+    await send(Error(code, message))
+    await send(SessionClosed(reason=code))

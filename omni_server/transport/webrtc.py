@@ -38,20 +38,25 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from omni_server.engine.base import EngineInfo
-from omni_server.errors import OmniError, ProtocolError, SessionEnded, error_payload
+from omni_server.errors import OmniError, ProtocolError, SessionEnded
 from omni_server.media.pcm import AudioFormatError
 from omni_server.metrics import ServerMetrics
 from omni_server.protocol import (
+    Error,
     InputAppend,
+    Send,
+    ServerEvent,
     SessionClose,
     SessionInit,
+    WebRtcAnswer,
+    WebRtcConfig,
     WebRtcOffer,
     decode_client_event,
     encode,
 )
 from omni_server.session.manager import SessionManager
-from omni_server.session.session import CallSession, Send
-from omni_server.transport.calls import CallEndpoint, error_fields, sender
+from omni_server.session.session import CallSession
+from omni_server.transport.calls import CallEndpoint, error_event, sender
 from omni_server.transport.tracks import ReplyAudioTrack, receive_audio, receive_video
 
 logger = logging.getLogger(__name__)
@@ -138,16 +143,16 @@ class EventChannel:
             self.opened.set()
         channel.on("open", self.opened.set)
 
-    async def send(self, event_type: str, **fields: Any) -> None:
-        self.send_now(event_type, **fields)
+    async def send(self, event: ServerEvent) -> None:
+        self.send_now(event)
 
-    def send_now(self, event_type: str, **fields: Any) -> None:
+    def send_now(self, event: ServerEvent) -> None:
         channel = self.channel
         if channel is None or channel.readyState != "open":
             raise SessionEnded("The client's data channel closed.", code="disconnected")
         if channel.bufferedAmount > MAX_CHANNEL_BUFFER_BYTES:
             raise SessionEnded("The client stopped reading its events.", code="disconnected")
-        channel.send(encode(event_type, **fields))
+        channel.send(encode(event))
 
 
 class WebRtcEndpoint(CallEndpoint):
@@ -166,11 +171,11 @@ class WebRtcEndpoint(CallEndpoint):
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
         mode = query.get("mode", ["audio"])[0]
         if mode not in ("audio", "video"):
-            await signal("error", error={"code": "invalid_request", "message": "mode must be audio or video."})
+            await signal(Error("invalid_request", "mode must be audio or video."))
             await ws.close(1008, "bad mode")
             return
         with contextlib.suppress(SessionEnded):
-            await signal("webrtc.config", ice_servers=[s.for_page() for s in self.ice_servers])
+            await signal(WebRtcConfig(ice_servers=[s.for_page() for s in self.ice_servers]))
             await self.admit(ws, signal, lambda call_id: self._serve(ws, signal, call_id, video=mode == "video"))
 
     async def _serve(self, ws: ServerConnection, signal: Send, call_id: str, *, video: bool) -> str:
@@ -178,7 +183,7 @@ class WebRtcEndpoint(CallEndpoint):
         try:
             config = await self.configure(ws, init, video=video)
         except (OmniError, AudioFormatError) as e:
-            await signal("error", error=error_fields(e))
+            await signal(error_event(e))
             return "error"
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[s.for_aiortc() for s in self.ice_servers]))
         try:
@@ -187,7 +192,7 @@ class WebRtcEndpoint(CallEndpoint):
             await pc.close()
 
     async def _call(
-        self, ws: ServerConnection, signal: Any, pc: RTCPeerConnection, call_id: str, config: Any, offer: WebRtcOffer
+        self, ws: ServerConnection, signal: Send, pc: RTCPeerConnection, call_id: str, config: Any, offer: WebRtcOffer
     ) -> str:
         events = EventChannel()
         pc.on("datachannel", events.attach)
@@ -204,7 +209,7 @@ class WebRtcEndpoint(CallEndpoint):
             )
         pc.addTrack(reply_track)
         await pc.setLocalDescription(await pc.createAnswer())
-        await signal("webrtc.answer", sdp=pc.localDescription.sdp)
+        await signal(WebRtcAnswer(sdp=pc.localDescription.sdp))
         try:
             async with asyncio.timeout(self.settings.webrtc_connect_timeout_s):
                 await events.opened.wait()
@@ -234,7 +239,7 @@ class WebRtcEndpoint(CallEndpoint):
                 session.push_audio(samples)
             except ProtocolError as e:  # far ahead of the model: this piece is dropped, the call goes on
                 with contextlib.suppress(SessionEnded):
-                    events.send_now("error", error=error_payload(e))
+                    events.send_now(Error.of(e))
 
         async with asyncio.TaskGroup() as media:
             tasks = [
@@ -252,7 +257,7 @@ class WebRtcEndpoint(CallEndpoint):
                 for task in tasks:
                     task.cancel()
 
-    async def _wait_for_offer(self, ws: ServerConnection, signal: Any) -> tuple[SessionInit, WebRtcOffer]:
+    async def _wait_for_offer(self, ws: ServerConnection, signal: Send) -> tuple[SessionInit, WebRtcOffer]:
         """Both `session.init` and `webrtc.offer`, in either order; a bad frame gets an error."""
         init: SessionInit | None = None
         offer: WebRtcOffer | None = None
@@ -265,7 +270,7 @@ class WebRtcEndpoint(CallEndpoint):
             try:
                 event = decode_client_event(raw, max_bytes=self.settings.max_message_bytes)
             except ProtocolError as e:
-                await signal("error", error=error_payload(e))
+                await signal(Error.of(e))
                 continue
             if isinstance(event, SessionInit):
                 init = event
@@ -274,8 +279,7 @@ class WebRtcEndpoint(CallEndpoint):
             elif isinstance(event, SessionClose):
                 raise SessionEnded("The client left before the call started.", code="disconnected")
             else:
-                message = "Send session.init and webrtc.offer first."
-                await signal("error", error={"code": "not_initialized", "message": message})
+                await signal(Error("not_initialized", "Send session.init and webrtc.offer first."))
         return init, offer
 
     async def _watch_signalling(self, ws: ServerConnection, session: CallSession, events: EventChannel) -> None:
@@ -299,4 +303,4 @@ class WebRtcEndpoint(CallEndpoint):
                 )
         except ProtocolError as e:
             with contextlib.suppress(SessionEnded):
-                events.send_now("error", error=error_payload(e))
+                events.send_now(Error.of(e))

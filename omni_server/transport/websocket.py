@@ -18,12 +18,12 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from omni_server.errors import OmniError, ProtocolError, SessionEnded, error_payload
+from omni_server.errors import OmniError, ProtocolError, SessionEnded
 from omni_server.media.images import ImageFormatError, decode_image
 from omni_server.media.pcm import AudioFormatError, decode_f32_base64
-from omni_server.protocol import InputAppend, SessionClose, SessionInit, WebRtcOffer, decode_client_event
-from omni_server.session.session import CallSession, Send
-from omni_server.transport.calls import CallEndpoint, error_fields, sender
+from omni_server.protocol import Error, InputAppend, Send, SessionClose, SessionInit, WebRtcOffer, decode_client_event
+from omni_server.session.session import CallSession
+from omni_server.transport.calls import CallEndpoint, error_event, sender
 
 INIT_TIMEOUT_S = 30.0
 REALTIME_PATH = "/v1/realtime"
@@ -39,7 +39,7 @@ class RealtimeEndpoint(CallEndpoint):
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
         mode = query.get("mode", ["audio"])[0]
         if mode not in ("audio", "video"):
-            await send("error", error={"code": "invalid_request", "message": "mode must be audio or video."})
+            await send(Error("invalid_request", "mode must be audio or video."))
             await ws.close(1008, "bad mode")
             return
         await self.admit(ws, send, lambda call_id: self._serve(ws, send, call_id, video=mode == "video"))
@@ -49,7 +49,7 @@ class RealtimeEndpoint(CallEndpoint):
         try:
             config = await self.configure(ws, init, video=video)
         except (OmniError, AudioFormatError) as e:
-            await send("error", error=error_fields(e))
+            await send(error_event(e))
             return "error"
         session = await self.open(call_id, config, send, output_sample_rate=24000, audio_sink=None)
         if session is None:
@@ -62,22 +62,22 @@ class RealtimeEndpoint(CallEndpoint):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    async def _wait_for_init(self, ws: ServerConnection, send: Any) -> SessionInit:
+    async def _wait_for_init(self, ws: ServerConnection, send: Send) -> SessionInit:
         async with asyncio.timeout(INIT_TIMEOUT_S):
             while True:
                 raw = await ws.recv()
                 try:
                     event = decode_client_event(raw, max_bytes=self.settings.max_message_bytes)
                 except ProtocolError as e:
-                    await send("error", error=error_payload(e))
+                    await send(Error.of(e))
                     continue
                 if isinstance(event, SessionInit):
                     return event
                 if isinstance(event, SessionClose):
                     raise ConnectionClosed(None, None)
-                await send("error", error={"code": "not_initialized", "message": "Send session.init first."})
+                await send(Error("not_initialized", "Send session.init first."))
 
-    async def _read_loop(self, ws: ServerConnection, send: Any, session: CallSession) -> None:
+    async def _read_loop(self, ws: ServerConnection, send: Send, session: CallSession) -> None:
         """Decode every client frame; a bad one gets an `error` event and the call goes on."""
         try:
             async for raw in ws:
@@ -86,7 +86,7 @@ class RealtimeEndpoint(CallEndpoint):
                     event = decode_client_event(raw, max_bytes=self.settings.max_message_bytes)
                     await self._dispatch(event, session)
                 except (ProtocolError, AudioFormatError, ImageFormatError) as e:
-                    await send("error", error=error_fields(e))
+                    await send(error_event(e))
                 if isinstance(event, SessionClose):
                     return
         except ConnectionClosed:

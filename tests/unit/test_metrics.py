@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from omni_server.metrics import ServerMetrics
+from omni_server.protocol import Error, ResponseDone, ServerEvent, SessionClosed
 
 
 async def test_events_are_counted_on_the_way_out() -> None:
     """response.done, error and session.closed update their metrics; the event still reaches the client."""
     metrics = ServerMetrics()
-    sent: list[tuple[str, dict[str, Any]]] = []
+    sent: list[ServerEvent] = []
 
-    async def send(event_type: str, **fields: Any) -> None:
-        sent.append((event_type, fields))
+    async def send(event: ServerEvent) -> None:
+        sent.append(event)
 
     observed = metrics.observe(send)
     timings = {"end_of_turn_to_first_audio_ms": 420.0, "engine_ms": 600.0, "audio_s": 2.0}
-    await observed("response.done", response={"status": "completed"}, timings=timings)
-    await observed("error", error={"code": "invalid_audio", "message": "..."})
-    await observed("session.closed", reason="Robert'); DROP TABLE")  # not one of ours: folded into "other"
+    await observed(ResponseDone(response={"status": "completed"}, timings=timings))
+    await observed(Error("invalid_audio", "..."))
+    await observed(SessionClosed(reason="Robert'); DROP TABLE"))  # not one of ours: folded into "other"
     value = metrics.registry.get_sample_value
     assert len(sent) == 3
     assert value("omni_turns_total", {"status": "completed"}) == 1

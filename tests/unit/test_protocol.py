@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
+import numpy as np
 import pytest
 
 from omni_server.errors import PayloadTooLarge, ProtocolError
-from omni_server.protocol import InputAppend, SessionInit, decode_client_event
+from omni_server.protocol import (
+    Error,
+    InputAppend,
+    OutputAudioDelta,
+    SessionClosed,
+    SessionInit,
+    decode_client_event,
+    encode,
+)
 
 
 def decode(obj: object) -> object:
@@ -81,3 +91,22 @@ def test_library_voice_and_character_fields() -> None:
     assert decode({"type": "session.init", "payload": {}}).greet is True  # type: ignore[attr-defined]
     with pytest.raises(ProtocolError, match="voice_id"):
         decode({"type": "session.init", "payload": {"voice": {"voice_id": 7}}})
+
+
+def test_server_events_keep_the_wire_format() -> None:
+    """Typed server events encode to the dialect's JSON: nested errors, base64 float32 audio, no null extras."""
+    samples = np.array([0.5, -0.25], dtype=np.float32)
+    audio = json.loads(encode(OutputAudioDelta("resp_1", samples, 24000, 120.0)))
+    assert audio == {
+        "type": "response.output_audio.delta",
+        "response_id": "resp_1",
+        "audio": base64.b64encode(samples.astype("<f4").tobytes()).decode("ascii"),
+        "sample_rate": 24000,
+        "ahead_of_playback_ms": 120.0,
+    }
+    assert json.loads(encode(Error("timeout", "Too slow."))) == {
+        "type": "error",
+        "error": {"code": "timeout", "message": "Too slow."},
+    }
+    assert json.loads(encode(SessionClosed(reason="queue_full"))) == {"type": "session.closed", "reason": "queue_full"}
+    assert Error.of(RuntimeError("secret internals")).code == "internal_error"

@@ -21,6 +21,7 @@ from omni_server.engine.cost import EngineCost
 from omni_server.engine.tiny import build_tiny_engine
 from omni_server.engine.worker import EngineWorker
 from omni_server.media.vad import SileroVadModel
+from omni_server.protocol import ServerEvent
 from omni_server.session.session import CallConfig, CallSession
 from tests import speech
 from tests.conftest import timeout
@@ -68,9 +69,9 @@ class Recorder:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def send(self, event_type: str, **fields: Any) -> None:
-        self.events.append((event_type, fields))
-        self.timeline.append((self.call_id, event_type))
+    async def send(self, event: ServerEvent) -> None:
+        self.events.append((event.type, event.wire()))
+        self.timeline.append((self.call_id, event.type))
         self.changed.set()
 
     def count(self, event_type: str) -> int:
