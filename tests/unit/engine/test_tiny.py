@@ -412,10 +412,10 @@ def failing_step(engine: Engine, session_id: str) -> tuple[int, int, int]:
     """(chunks before the fault, context before the failed chunk, context after the fault) of one reply."""
     model = start(engine, session_id)
     before, steps = context_tokens(model), 0
+    gen = model.streaming_generate(session_id, engine.tokenizer, max_new_tokens=90, generate_audio=False)
     with pytest.raises(IndexError, match="index 0 is out of bounds"):
-        for steps, _ in enumerate(
-            model.streaming_generate(session_id, engine.tokenizer, max_new_tokens=90, generate_audio=False), 1
-        ):  # noqa: B007
+        for _ in gen:
+            steps += 1
             before = context_tokens(model)
     return steps, before, context_tokens(model)
 
