@@ -28,6 +28,7 @@ class DeviceProbe:
 
     cuda: Callable[[], str | None]  # the first CUDA device's name, or None
     mps: Callable[[], bool]
+    nvidia_smi: Callable[[], bool] = lambda: False  # nvidia-smi sees a GPU (that torch may not be able to use)
 
     @classmethod
     def torch(cls) -> DeviceProbe:
@@ -41,7 +42,12 @@ class DeviceProbe:
 
             return bool(torch.backends.mps.is_available())
 
-        return cls(cuda=cuda, mps=mps)
+        def nvidia_smi() -> bool:
+            from omni_server.engine.doctor import Probes
+
+            return Probes.here().nvidia_smi() is not None
+
+        return cls(cuda=cuda, mps=mps, nvidia_smi=nvidia_smi)
 
 
 @dataclass(frozen=True)
@@ -74,12 +80,15 @@ def choose_engine(settings: Settings, probe: DeviceProbe | None = None) -> Engin
     else:
         gpu = probe.cuda()
         if gpu is None:
+            unusable = probe.nvidia_smi()
             return EngineChoice(
                 "tiny",
                 "tiny-random",
                 "cpu",
                 "no CUDA GPU is present, and neither --model nor --device asks for the real model; the tiny "
                 "engine's replies are noise (give --model or --device cpu to run the real model here, slowly)",
+                ("nvidia-smi sees an NVIDIA GPU that torch cannot use: `python -m omni_server doctor` says why",)
+                * unusable,
             )
         return _real(settings, model, f"a CUDA GPU is present ({gpu})", probe)
     return _real(settings, model, why, probe)

@@ -61,3 +61,10 @@ def test_a_missing_model_directory_fails_in_one_sentence(tmp_path: Path) -> None
     """Loading a directory without the model's files is an EngineError naming what is missing, not a traceback."""
     with pytest.raises(EngineError, match="assets/Vocos.pt"):
         load_engine(load_settings(["--model", str(tmp_path), "--device", "cpu"], {}), NO_GPU)
+
+
+def test_a_gpu_torch_cannot_use_is_pointed_out() -> None:
+    """auto falls back to tiny, but when nvidia-smi sees a GPU torch cannot use it says to run doctor."""
+    c = choice(probe=DeviceProbe(cuda=lambda: None, mps=lambda: False, nvidia_smi=lambda: True))
+    assert c.engine == "tiny" and any("python -m omni_server doctor" in w for w in c.warnings)
+    assert choice().warnings == ()
