@@ -292,7 +292,7 @@ class ReplyStream:
         start = time.perf_counter()
         item = next(self._gen, _END)  # a closed or exhausted generator gives _END
         self.step_s = time.perf_counter() - start
-        return _END if item is _END else to_output_chunk(item)
+        return _END if item is _END else to_output_chunk(item, self._worker.engine.clean_text)
 
     def _drop_ahead(self) -> None:
         if self._ahead is not None:

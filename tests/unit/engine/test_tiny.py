@@ -276,7 +276,7 @@ def test_audio_items_look_like_omni_output(engine: Engine) -> None:
         assert item["audio_wav"] is wav and item.sampling_rate == 24_000 and isinstance(item.sampling_rate, int)
         assert isinstance(item.text, str) and list(item.keys()) == ["text", "audio_wav", "sampling_rate"]
         assert 0.0 < float(wav.abs().max()) <= 0.1
-        assert to_output_chunk(item).audio.shape == (len(wav),)
+        assert to_output_chunk(item, engine.clean_text).audio.shape == (len(wav),)
 
 
 def test_text_mode_yields_dicts_of_three_tokens(engine: Engine) -> None:
