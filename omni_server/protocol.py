@@ -327,7 +327,7 @@ class ResponseListen(ServerEvent):
 @dataclass(frozen=True)
 class ResponseDone(ServerEvent):
     type: ClassVar[str] = "response.done"
-    response: dict[str, Any]  # {id, status, output_tokens, usage}
+    response: dict[str, Any]  # {id, status, output_tokens, usage, reason (status "failed" only)}
     timings: dict[str, Any]
 
 

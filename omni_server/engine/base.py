@@ -30,6 +30,9 @@ import numpy.typing as npt
 
 INPUT_SAMPLE_RATE_HZ = 16_000
 OUTPUT_SAMPLE_RATE_HZ = 24_000
+# The shortest audio item a prefill takes: the audio encoder's pooling fails on 320 samples (20 ms) or
+# fewer ("RuntimeError: ... Output size is too small"), observed on the real code.
+MIN_AUDIO_SAMPLES = 321
 
 # The model object's per-conversation streaming state (MiniCPMO.reset_session sets exactly these).
 STATE_ATTRS: tuple[str, ...] = (

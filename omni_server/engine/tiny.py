@@ -69,6 +69,7 @@ from transformers.utils import ModelOutput
 
 from omni_server.engine.base import (
     INPUT_SAMPLE_RATE_HZ,
+    MIN_AUDIO_SAMPLES,
     OUTPUT_SAMPLE_RATE_HZ,
     Engine,
     EngineInfo,
@@ -448,6 +449,10 @@ class TinyOmniModel(nn.Module):
         embeds: torch.Tensor = self.llm.get_input_embeddings()(ids)
         audio_parts = []
         for wav in audios:
+            if 0 < len(wav) < MIN_AUDIO_SAMPLES:  # the real audio encoder's pooling fails the same way
+                raise RuntimeError(
+                    f"Given input size: ({HIDDEN}x1x1). Calculated output size: ({HIDDEN}x1x0). Output size is too small"
+                )
             if audio_token_count(len(wav)):
                 features, self.audio_past_key_values = self.apm(torch.from_numpy(wav), self.audio_past_key_values)
                 audio_parts.append(features)

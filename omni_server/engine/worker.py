@@ -44,7 +44,7 @@ from omni_server.engine.base import (
     context_tokens,
     to_output_chunk,
 )
-from omni_server.errors import EngineError
+from omni_server.errors import EngineError, ReplyFailed
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -157,11 +157,14 @@ class EngineWorker:
     async def reply(self, conv: Conversation, **kwargs: Any) -> ReplyStream:
         """Start `streaming_generate`; the returned stream pulls chunks one call at a time."""
         tokenizer = self.engine.tokenizer
-        gen = await self.run(
-            conv,
-            lambda model: iter(model.streaming_generate(conv.id, tokenizer, **kwargs)),
-        )
-        return ReplyStream(self, conv, gen)
+
+        def start(model: OmniModel) -> Iterator[Any]:
+            try:
+                return iter(model.streaming_generate(conv.id, tokenizer, **kwargs))
+            except Exception as e:
+                raise reply_failure(model, e, conv.id) from e
+
+        return ReplyStream(self, conv, await self.run(conv, start))
 
     async def release(self, conv: Conversation) -> None:
         """Forget a conversation: its KV cache is dropped at once."""
@@ -280,7 +283,12 @@ class ReplyStream:
         self._queued_until = due
         pending = self._ahead or self._worker.submit(self._conv, self._step, deadline=due, kind="chunk")
         self._ahead = self._worker.submit(self._conv, self._step, deadline=due, kind="chunk") if read_ahead else None
-        item = await pending
+        try:
+            item = await pending
+        except EngineError:
+            self._drop_ahead()
+            self.finished = True
+            raise
         if item is _END:
             self._drop_ahead()
             self.finished = True
@@ -288,10 +296,14 @@ class ReplyStream:
         chunk: OutputChunk = item
         return chunk
 
-    def _step(self, _: OmniModel) -> Any:
+    def _step(self, model: OmniModel) -> Any:
         start = time.perf_counter()
-        item = next(self._gen, _END)  # a closed or exhausted generator gives _END
-        self.step_s = time.perf_counter() - start
+        try:
+            item = next(self._gen, _END)  # a closed or exhausted generator gives _END
+        except Exception as e:  # the generator is over; whether the call can go on is decided here
+            raise reply_failure(model, e, self._conv.id) from e
+        finally:
+            self.step_s = time.perf_counter() - start
         return _END if item is _END else to_output_chunk(item, self._worker.engine.clean_text)
 
     def _drop_ahead(self) -> None:
@@ -315,6 +327,40 @@ class ReplyStream:
                 close()
 
         await self._worker.run(self._conv, stop, deadline=float("-inf"))
+
+
+# What a broken device or runtime says: after these the model's state cannot be trusted for anyone.
+_FATAL_MARKERS = ("CUDA error", "device-side assert", "out of memory", "CUBLAS_STATUS", "MPS backend")
+
+
+def reply_failure(model: OmniModel, exc: Exception, conversation_id: str) -> EngineError:
+    """The error a failure while making a reply becomes: `ReplyFailed` when the conversation's state is intact.
+
+    A reply only ever replaces the model's KV cache with a whole new one after each step, so a failure
+    inside a step (the real decoder's IndexError on an empty chunk, say) leaves the cache as the last
+    step made it, and the next prefill marks the reply as cut, as after a barge-in. That is checked, not
+    assumed: every layer's keys and values must still agree on one length. A failure of the device or
+    of memory, or a cache that is not whole, ends the call (`EngineError`).
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    fatal = isinstance(exc, MemoryError) or any(marker in text for marker in _FATAL_MARKERS)
+    if fatal or not _cache_is_whole(model.llm_past_key_values):
+        logger.error("model failure ends the call", exc_info=exc, extra={"session_id": conversation_id})
+        return EngineError("The model failed while serving this session.")
+    logger.warning("a reply failed, the call goes on", exc_info=exc, extra={"session_id": conversation_id})
+    return ReplyFailed(f"The model failed while making this reply ({type(exc).__name__}); the call goes on.")
+
+
+def _cache_is_whole(cache: Any) -> bool:
+    if cache is None:
+        return True
+    if hasattr(cache, "get_seq_length"):
+        cache = cache.to_legacy_cache()
+    try:
+        lengths = {int(t.shape[2]) for layer in cache for t in layer}
+    except (TypeError, AttributeError, IndexError):
+        return False
+    return len(lengths) == 1
 
 
 def _deliver(future: asyncio.Future[Any], result: Any) -> None:

@@ -5,7 +5,8 @@ timeline at the listener (`Playback`), its timings (`TurnStats`), the text it ha
 The session starts one per turn and asks it to `interrupt()`; the reply tells the client
 `response.created`, every text and audio delta the moment it exists, `response.listen` when it was
 talked over, and hands itself to the session's `on_done` (which keeps the call's usage and sends
-`response.done`).
+`response.done`). A reply the model failed while its state stayed intact (`ReplyFailed`) ends with
+status `failed` and the reason; any other engine failure ends the call.
 
 Scheduling: every chunk is requested with the time by which it should start on the shared model
 (`chunk_deadline`): the first soon after the turn ended, later ones in time for the listener not to
@@ -31,6 +32,7 @@ import numpy.typing as npt
 
 from omni_server.engine.base import OUTPUT_SAMPLE_RATE_HZ
 from omni_server.engine.client import ConversationHandle, EngineClient, ReplyChunks
+from omni_server.errors import ReplyFailed
 from omni_server.protocol import OutputAudioDelta, OutputTextDelta, ResponseCreated, ResponseListen, Send
 from omni_server.session.playback import Playback
 
@@ -100,7 +102,8 @@ class Reply:
         self._sink = sink
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
-        self.status = "completed"  # completed | interrupted
+        self.status = "completed"  # completed | interrupted | failed
+        self.failure: str | None = None  # why a failed reply failed, for the client
         self.barged_in = False  # interrupted by the user (not by the call ending)
         self.text: list[str] = []
         self.output_tokens = 0  # context tokens the reply added
@@ -169,11 +172,13 @@ class Reply:
         try:
             stream = await worker.reply(conv, **gen_kwargs)
             await self._stream(stream, conv, closing)
+        except ReplyFailed as e:  # the model state is intact: this reply ends, the call goes on
+            self.status, self.failure = "failed", e.message
         except asyncio.CancelledError:
             self.status, self.barged_in = "interrupted", not closing()
             raise
         finally:
-            if self._sink is not None and self.status == "interrupted":
+            if self._sink is not None and self.status != "completed":
                 self._sink.flush()  # before anything that awaits: barge-in silences at once
             elif self._sink is not None:
                 self._sink.end()

@@ -35,7 +35,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from omni_server import protocol
-from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, EngineInfo
+from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, MIN_AUDIO_SAMPLES, EngineInfo
 from omni_server.engine.client import ConversationHandle, EngineClient
 from omni_server.errors import OmniError, ProtocolError, SessionEnded
 from omni_server.media.vad import SileroVadModel, VadStream
@@ -48,7 +48,7 @@ from omni_server.protocol import (
 )
 from omni_server.session.reply import AudioSink, Reply, TurnStats
 from omni_server.session.turns import SpeechStarted, SpeechStopped, TurnConfig, TurnDetector
-from omni_server.session.units import PreRoll, UnitCutter
+from omni_server.session.units import PreRoll, UnitCutter, pad_tail
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,8 @@ class CallSession:
         self._in_turn = not self.config.turn_detection
         stats = TurnStats(speech_end_at=self._clock(), compute_start_s=self._conv.compute_s)
         tail = self._cutter.flush()
-        if tail is not None:
+        if tail is not None:  # padded when shorter than the model can take (units.pad_tail says why)
+            tail = pad_tail(tail, MIN_AUDIO_SAMPLES)
             await self._prefill_unit(tail, arrived=stats.speech_end_at, bound_s=0.0)  # the reply waits on it
         stats.reply_start_at = self._clock()
         self._start_reply(stats)
@@ -384,6 +385,8 @@ class CallSession:
             "output_tokens": reply.output_tokens,
             "usage": usage,
         }
+        if reply.failure is not None:
+            response["reason"] = reply.failure
         await self._send(ResponseDone(response, timings))
 
     @property
