@@ -37,6 +37,7 @@ from PIL import Image
 from omni_server import protocol
 from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, MIN_AUDIO_SAMPLES, EngineInfo
 from omni_server.engine.client import ConversationHandle, EngineClient
+from omni_server.engine.placeholders import audio_tokens, image_tokens
 from omni_server.errors import OmniError, ProtocolError, SessionEnded
 from omni_server.media.vad import SileroVadModel, VadStream
 from omni_server.protocol import (
@@ -292,7 +293,7 @@ class CallSession:
         prompt = _GREETING[self.config.language].format(greeting=greeting)
         before = self._conv.context_tokens
         after = await self._worker.prefill(self._conv, [{"role": "user", "content": [prompt]}])
-        self._count_input(after - before, audio_s=0.0)
+        self._count_input(after - before)
         now = self._clock()
         self._start_reply(TurnStats(speech_end_at=now, reply_start_at=now, compute_start_s=self._conv.compute_s))
 
@@ -319,7 +320,7 @@ class CallSession:
             msg = {**msg, "content": [*msg["content"], *("\n" + text for text in extra)]}
         before = self._conv.context_tokens
         after = await self._worker.prefill(self._conv, [msg], max_slice_nums=cfg.max_slice_nums)
-        self._count_input(after - before, audio_s=0.0 if ref is None else len(ref) / INPUT_SAMPLE_RATE_HZ)
+        self._count_input(after - before, audio=0 if ref is None else audio_tokens(len(ref)))
 
     async def _prefill_unit(self, audio: Samples, *, arrived: float, bound_s: float = PREFILL_START_S) -> None:
         # Manual turns: input during a reply talks over it. A prefill must never run under a live reply
@@ -343,7 +344,8 @@ class CallSession:
             self.late_units += 1
         added = after - before
         self._unit_tokens = max(self._unit_tokens, added)
-        self._count_input(added, audio_s=len(audio) / INPUT_SAMPLE_RATE_HZ, frames=int(frame is not None))
+        vision = 0 if frame is None else image_tokens(*frame.size, self.config.max_slice_nums)
+        self._count_input(added, audio=audio_tokens(len(audio)), vision=vision)
 
     async def _roll_over(self) -> None:
         dropped = self._conv.context_tokens
@@ -394,10 +396,14 @@ class CallSession:
         """Seconds of reply audio the listener has buffered now, as the server sees it (0 when silent)."""
         return 0.0 if self._reply is None else self._reply.ahead_s(self._clock())
 
-    def _count_input(self, tokens: int, *, audio_s: float, frames: int = 0) -> None:
-        self.usage["input_tokens"] += max(0, tokens)
-        self.usage["audio_tokens"] += round(audio_s * 27)
-        self.usage["vision_tokens"] += 66 * frames
+    def _count_input(self, tokens: int, *, audio: int = 0, vision: int = 0) -> None:
+        """Count a prefill: `tokens` the context grew by, of which `audio` and `vision` are the placeholders the
+        model's processor made (engine/placeholders.py; a sliced 640×480 frame is 198); never more than grew."""
+        tokens = max(0, tokens)
+        audio = min(audio, tokens)
+        self.usage["input_tokens"] += tokens
+        self.usage["audio_tokens"] += audio
+        self.usage["vision_tokens"] += min(vision, tokens - audio)
 
     def _next_conv_id(self) -> str:
         return f"{self.id}.{next(self._conv_index)}"
