@@ -10,6 +10,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -54,4 +55,70 @@ async def test_a_spoken_turn_on_the_real_code_on_cpu(
             assert done["response"]["status"] == "completed"
         audio = client.of_type("response.output_audio.delta")
         assert audio and all(a["sample_rate"] == 24000 for a in audio)
+        await client.close()
+
+
+def test_the_tiny_engines_quirks_are_the_real_codes(real_engine: Engine) -> None:
+    """The points tests/unit/engine/test_tiny_fidelity.py holds the tiny engine to, on the real code:
+    short audio fails the same way, "!" is id 0 and dropped, audio and image token counts follow
+    `placeholders`, and the text cleaner removes every token the real tokenizer added."""
+    import torch
+    from PIL import Image
+
+    from omni_server.engine.base import context_tokens
+    from omni_server.engine.placeholders import audio_tokens, image_tokens
+    from tests.unit.engine.test_tiny_fidelity import ENCODER_ERROR
+
+    model: Any = real_engine.model
+    tok = real_engine.tokenizer
+    noise = (np.random.default_rng(1).standard_normal(40_000) * 0.1).astype(np.float32)
+    with real_engine.call_scope():
+        model.streaming_prefill("quirks", [model.get_sys_prompt(mode="omni", language="en")], tok)
+        model.streaming_prefill("quirks", [{"role": "user", "content": [noise[:16000]]}], tok)
+        for n in (160, 320):
+            with pytest.raises(RuntimeError, match=ENCODER_ERROR):
+                model.streaming_prefill("quirks", [{"role": "user", "content": [noise[:n]]}], tok)
+        for n in (321, 3200, 16000, 40000):
+            before = context_tokens(model)
+            model.streaming_prefill("quirks", [{"role": "user", "content": [noise[:n]]}], tok)
+            assert context_tokens(model) - before == audio_tokens(n), n
+        for size, slices in [((640, 480), 1), ((640, 480), 2), ((1280, 720), 9), ((448, 448), 9), ((320, 240), 6)]:
+            before = context_tokens(model)
+            msg = [{"role": "user", "content": ["<unit>", Image.new("RGB", size, (9, 99, 199)), noise[:16000]]}]
+            model.streaming_prefill("quirks", msg, tok, max_slice_nums=slices)
+            assert context_tokens(model) - before == 1 + image_tokens(*size, slices) + 27, (size, slices)
+    assert tok.convert_ids_to_tokens(0) == "!"
+    ids = torch.tensor([tok("Wow! Great!", add_special_tokens=False)["input_ids"]])
+    assert model._decode_text(ids, tok) == ["Wow Great"]
+    with pytest.raises(IndexError):
+        model._decode_text(torch.tensor([[0, 0, 0]]), tok)  # a chunk of "!"s: the decoder's own bug
+    for token in tok.get_added_vocab():
+        if token.strip():
+            assert real_engine.clean_text(f"a{token}b") == "ab", token
+
+
+async def test_a_reply_the_real_decoder_fails_ends_alone(
+    real_engine: Engine, tmp_path: Path, question: npt.NDArray[np.float32], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real `_decode_text` failing mid-reply (as on a chunk of "!"s) ends that reply `failed`; the model's
+    state is whole, so the next turn on the real code is answered."""
+    model: Any = real_engine.model
+    decode, calls = model._decode_text, []
+
+    def fails_once(result_ids: Any, tokenizer: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            return decode(result_ids[:, :0] * 0, tokenizer)  # an empty chunk: the real IndexError
+        return decode(result_ids, tokenizer)
+
+    monkeypatch.setattr(model, "_decode_text", fails_once)
+    settings = server_settings(tmp_path, engine="minicpmo", model=SNAPSHOT, device="cpu", max_new_tokens=24)
+    async with OmniServer(settings, real_engine) as server:
+        client = await RawClient.connect(server)
+        await client.start()
+        statuses = []
+        for _ in range(2):
+            await client.speak(question)
+            statuses.append((await client.until("response.done", limit_s=120))["response"]["status"])
+        assert statuses == ["failed", "completed"]
         await client.close()
