@@ -122,3 +122,28 @@ async def test_a_reply_the_real_decoder_fails_ends_alone(
             statuses.append((await client.until("response.done", limit_s=120))["response"]["status"])
         assert statuses == ["failed", "completed"]
         await client.close()
+
+
+def test_real_replies_follow_the_chunk_pattern_the_tiny_engine_copies(real_engine: Engine) -> None:
+    """Real replies: 10752, 2048, 12800, … then 512·k (or [512·k − 2048, 2048]; at a segment boundary 512·k
+    then 12800, 2048, …), and an unfinished reply (the speech's end, or max tokens) leaves llm_generate_completed
+    False, which is what the tiny engine's endings rest on."""
+    import torch
+
+    from tests.unit.engine.test_tiny import follows_chunk_pattern
+
+    model: Any = real_engine.model
+    tok = real_engine.tokenizer
+    torch.manual_seed(0)
+    noise = (np.random.default_rng(2).standard_normal(16_000) * 0.1).astype(np.float32)
+    with real_engine.call_scope():
+        model.streaming_prefill("chunks", [model.get_sys_prompt(mode="audio_assistant", language="en")], tok)
+        for _ in range(3):
+            model.streaming_prefill("chunks", [{"role": "user", "content": [noise]}], tok)
+            sizes = [len(item.audio_wav) for item in model.streaming_generate("chunks", tok, max_new_tokens=30)]
+            starts = [
+                j for j in range(3, len(sizes) - 1) if sizes[j - 1] < 12_800 and sizes[j : j + 2] == [12_800, 2048]
+            ]
+            segments = [sizes[a:b] for a, b in zip([0, *starts], [*starts, len(sizes)], strict=True)]
+            # a later segment's first chunk is 12800: 10752 plus its 4 re-decoded codes
+            assert all(follows_chunk_pattern([10_752, *seg[1:]] if i else seg) for i, seg in enumerate(segments)), sizes
