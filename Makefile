@@ -34,13 +34,15 @@ lint: $(STAMP)
 venv: $(STAMP)
 
 # torch is pinned and installed with everything else, so pip never swaps in a CUDA build on a CPU box.
+# requirements-nodeps.txt holds wheels used only for a file they ship (the Smart Turn model), without their deps.
 # On a CPU-only torch, two wheels from PyPI are CUDA-only builds: torchaudio (needed by vocos) works in
 # pure-Python mode once its compiled libraries are removed, and torchvision (pulled in by timm, unused by
 # the model's code) breaks transformers' image utilities, so it is removed.
-$(STAMP): requirements_o2.6.txt requirements-dev.txt
+$(STAMP): requirements_o2.6.txt requirements-dev.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements_o2.6.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	@if ! $(PY) -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)"; then \
 		echo "CPU-only torch: switching torchaudio to pure-Python mode and removing torchvision"; \
 		ta=$$($(PY) -c "import importlib.util, os; print(os.path.dirname(importlib.util.find_spec('torchaudio').origin))"); \

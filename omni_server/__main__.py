@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import functools
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +25,7 @@ from omni_server.config import Settings, add_settings_arguments, load_settings
 from omni_server.engine.loader import load_engine
 from omni_server.errors import EngineError
 from omni_server.logs import setup_logging
+from omni_server.transport.udp_ports import loop_factory
 
 logger = logging.getLogger("omni_server")
 
@@ -46,9 +50,13 @@ async def _serve(settings: Settings, engine: EngineLoader | RemoteEngines) -> No
         for s in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(s)  # a second signal gets Python's default: exit now
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    async with OmniServer(settings, engine) as server:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            server = await stack.enter_async_context(OmniServer(settings, engine))
+        except OSError as e:
+            raise SystemExit(listen_failure(e, settings)) from e
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
         if server.token is None:
             logger.warning("--no-auth: ANYONE who can reach port %d can use this server and its model", server.port)
         logger.info("listening on port %d; loading the model (/readyz says when it is ready)", server.port)
@@ -66,6 +74,24 @@ async def _serve(settings: Settings, engine: EngineLoader | RemoteEngines) -> No
             for task in (loading, stopping):
                 task.cancel()
     logger.info("stopped")
+
+
+def listen_failure(e: OSError, settings: Settings) -> str:
+    """What to tell a person when the port cannot be opened (or the certificate read), instead of a traceback."""
+    where = f"{settings.host}:{settings.port}"
+    if e.errno == errno.EADDRINUSE:
+        return (
+            f"Cannot listen on {where}: the port is already in use (another omni_server, or another program). "
+            f'Stop that program, or choose another port: make run ARGS="--port {settings.port + 1}" '
+            f"(or OMNI_PORT={settings.port + 1})."
+        )
+    if e.errno == errno.EACCES:
+        return f"Cannot listen on {where}: ports below 1024 need administrator rights. Use --port 8443 or another above 1024."
+    if e.errno == errno.EADDRNOTAVAIL:
+        return f"Cannot listen on {where}: {settings.host} is not an address of this machine. Use --host 0.0.0.0 or one of its addresses."
+    if settings.tls and (settings.cert or isinstance(e, ssl.SSLError)):
+        return f"Cannot use the TLS certificate ({settings.cert or settings.ssl_dir}): {e.strerror or e}."
+    return f"Cannot listen on {where}: {e.strerror or e}."
 
 
 def _print_ready(server: OmniServer) -> None:
@@ -94,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(settings.log_level, json_lines=settings.log_json)
     for line in settings.describe():
         logger.info("setting %s", line)
-    asyncio.run(serve_forever(settings))
+    with asyncio.Runner(loop_factory=loop_factory(settings.webrtc_ports)) as runner:  # --webrtc-ports
+        runner.run(serve_forever(settings))
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ class OmniServer:
         engine = self._engine
         if isinstance(engine, Engine) or callable(engine):
             loaded = engine if isinstance(engine, Engine) else await _in_daemon_thread(engine)
-            worker = EngineWorker(loaded, on_timing=self.metrics.engine_timing)
+            worker = EngineWorker(loaded, on_timing=self.metrics.engine_timing, on_speculation=self.metrics.speculation)
             return SessionManager(self.settings, worker, SileroVadModel())
         return engine.session_manager(self.settings, SileroVadModel())
 

@@ -73,8 +73,28 @@ class Settings:
     )
     # Turn-taking (silero-vad).
     vad_threshold: float = _opt(0.5, "Speech probability that counts as speech.")
-    vad_silence_ms: int = _opt(500, "Silence that ends the user's turn.")
+    vad_silence_ms: int = _opt(
+        800, "Silence that ends the user's turn when the end-of-turn model does not (it is not sure, or is off)."
+    )
     vad_min_speech_ms: int = _opt(200, "Speech shorter than this is ignored (clicks, coughs).")
+    # Turn ends and speculation (docs/protocol.md, turn_detection).
+    turn_model: bool = _opt(
+        True, "Ask Smart Turn v3.2, after --turn-pause-ms of silence, whether the user has finished."
+    )
+    turn_model_threshold: float = _opt(
+        0.5, "Smart Turn's probability of a finished utterance at or above which the turn ends at once."
+    )
+    turn_pause_ms: int = _opt(200, "Silence after which the end-of-turn model is asked and a reply is speculated.")
+    speculate: bool = _opt(
+        True,
+        "Start the reply when speech pauses, before the turn is confirmed, on spare model time only; "
+        "if the user goes on it is dropped and the model state rolled back exactly.",
+    )
+    resume_window_ms: int = _opt(
+        400,
+        "A user who speaks again before the reply has played this long continues their turn: the reply is "
+        "withdrawn (response.cancelled) and rolled back. 0: never.",
+    )
     preroll_ms: int = _opt(500, "Audio kept from before speech starts, so the first syllable is not lost.")
     barge_in: bool = _opt(True, "Let the user interrupt a reply by speaking.")
     # Limits on what clients send.
@@ -89,6 +109,11 @@ class Settings:
         "turn:USER:CREDENTIAL@HOST:PORT[?transport=tcp]. Default: none (host candidates: this machine or its LAN).",
     )
     webrtc_connect_timeout_s: float = _opt(15.0, "How long WebRTC may take to connect before the call is refused.")
+    webrtc_ports: str = _opt(
+        "",
+        "UDP ports WebRTC media may use, LOW-HIGH (e.g. 50000-50100: one port per call per address, so at least "
+        "--max-sessions of them). Default: any the OS gives (its ephemeral range).",
+    )
     # Voice library: cloned voices, role-play characters, voice-cloning TTS (docs/voices.md).
     data_dir: str = _opt(
         str(PACKAGE_ROOT / "data"), "Where voices, characters and the user-id signing secret are kept."
@@ -238,6 +263,16 @@ def _ice_server_ok(url: str) -> bool:
     return scheme in ICE_SCHEMES and bool(host) and credentials_ok
 
 
+def _port_range_ok(text: str) -> bool:
+    """Empty (any port), or LOW-HIGH within 1024..65535 (transport/udp_ports.py applies it)."""
+    if not text:
+        return True
+    low, dash, high = text.partition("-")
+    if not (dash and low.isdigit() and high.isdigit()):
+        return False
+    return 1024 <= int(low) <= int(high) <= 65535
+
+
 def _validated(s: Settings) -> Settings:
     checks = [
         (s.engine in ("auto", "minicpmo", "tiny"), "engine must be auto, minicpmo or tiny"),
@@ -249,10 +284,14 @@ def _validated(s: Settings) -> Settings:
         (s.kv_budget_gb >= 0, "kv_budget_gb must be >= 0"),
         (0.0 < s.vad_threshold < 1.0, "vad_threshold must be between 0 and 1"),
         (s.vad_silence_ms >= 100, "vad_silence_ms must be at least 100"),
+        (0.0 < s.turn_model_threshold <= 1.0, "turn_model_threshold must be in (0, 1]"),
+        (0 < s.turn_pause_ms < s.vad_silence_ms, "turn_pause_ms must be above 0 and below vad_silence_ms"),
+        (s.resume_window_ms >= 0, "resume_window_ms must be >= 0"),
         (1024 <= s.max_context_tokens, "max_context_tokens must be at least 1024"),
         (16 <= s.max_new_tokens < s.max_context_tokens // 2, "max_new_tokens must be 16..max_context_tokens/2"),
         ((s.cert is None) == (s.key is None), "--cert and --key go together"),
         (all(map(_ice_server_ok, s.ice_server)), "ice_server must be stun:HOST:PORT or turn:USER:CREDENTIAL@HOST:PORT"),
+        (_port_range_ok(s.webrtc_ports), "webrtc_ports must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535"),
         (s.max_voice_bytes > 0, "max_voice_bytes must be positive"),
         (s.max_connections_per_ip >= 1, "max_connections_per_ip must be at least 1"),
         (s.send_timeout_s > 0 and s.shutdown_grace_s >= 0, "send_timeout_s must be > 0 and shutdown_grace_s >= 0"),

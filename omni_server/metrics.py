@@ -72,6 +72,13 @@ class ServerMetrics:
             buckets=_RTF_BUCKETS,
             registry=r,
         )
+        self.speculations = Counter(
+            "omni_speculations",
+            "Replies started on spare model time before the turn was confirmed, by outcome: started, used (the "
+            "turn was confirmed), discarded (the user went on; the model state was rolled back).",
+            ["outcome"],
+            registry=r,
+        )
         self.audio_out = Counter("omni_audio_output_seconds", "Seconds of reply audio sent.", registry=r)
         self.underruns = Counter(
             "omni_client_playback_underruns", "Playback underruns the clients reported.", registry=r
@@ -95,6 +102,10 @@ class ServerMetrics:
             self.prefill.observe(elapsed_s)
         elif kind == "chunk":
             self.chunk.observe(elapsed_s)
+
+    def speculation(self, outcome: str) -> None:
+        """Called on the engine thread or the loop: a speculative reply `started`, was `used` or `discarded`."""
+        self.speculations.labels(_label(outcome)).inc()
 
     def client_underruns(self, before: int, now: int) -> None:
         """Clients report a running total; count what is new since their last report."""

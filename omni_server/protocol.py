@@ -39,6 +39,10 @@ class TurnDetection:
     min_speech_ms: int | None = None
     barge_in: bool | None = None
     enabled: bool = True  # False: the client ends turns itself with `input.commit`
+    # Ours: the end-of-turn model's threshold (1.0: only the silence ends turns), speculation, resuming.
+    end_of_turn_threshold: float | None = None
+    speculate: bool | None = None
+    resume_window_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,17 @@ class WebRtcOffer:
     sdp: str
 
 
-ClientEvent = SessionInit | InputAppend | InputCommit | SessionClose | ClientStats | WebRtcOffer
+MAX_TYPED_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class InputText:
+    """Ours: a message typed during the call, answered like a spoken turn (the model gets it as a user text turn)."""
+
+    text: str
+
+
+ClientEvent = SessionInit | InputAppend | InputCommit | InputText | SessionClose | ClientStats | WebRtcOffer
 
 
 def decode_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
@@ -118,6 +132,8 @@ def decode_client_event(raw: str | bytes, *, max_bytes: int) -> ClientEvent:
         return _input_append(_obj(obj.get("input", obj), "input"))
     if kind == "input.commit":
         return InputCommit()
+    if kind == "input.text":
+        return _input_text(obj)
     if kind == "session.close":
         return SessionClose(reason=_opt(obj, "reason", str) or "user_stop")
     if kind == "client.stats":
@@ -164,6 +180,9 @@ def _session_init(p: dict[str, Any]) -> SessionInit:
             min_speech_ms=_opt(td, "min_speech_ms", int),
             barge_in=_opt(td, "barge_in", bool),
             enabled=td.get("type", "server_vad") != "none",
+            end_of_turn_threshold=_opt(td, "end_of_turn_threshold", float),
+            speculate=_opt(td, "speculate", bool),
+            resume_window_ms=_opt(td, "resume_window_ms", int),
         ),
     )
 
@@ -178,6 +197,17 @@ def _input_append(p: dict[str, Any]) -> InputAppend:
     return InputAppend(
         audio_base64=audio, video_frames_base64=tuple(frames), force_listen=_opt(p, "force_listen", bool) is True
     )
+
+
+def _input_text(obj: dict[str, Any]) -> InputText:
+    text = _opt(obj, "text", str)
+    if text is None or not text.strip():
+        raise ProtocolError("input.text needs the message in 'text'.")
+    if len(text) > MAX_TYPED_CHARS:
+        raise PayloadTooLarge(
+            f"A typed message may have at most {MAX_TYPED_CHARS} characters; this one has {len(text)}."
+        )
+    return InputText(text=text)
 
 
 def _obj(value: Any, name: str) -> dict[str, Any]:
@@ -320,6 +350,16 @@ class ResponseListen(ServerEvent):
     """Barge-in: the client drops the reply audio it has queued."""
 
     type: ClassVar[str] = "response.listen"
+    response_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResponseCancelled(ServerEvent):
+    """Ours: the reply is withdrawn and rolled back (the user went on talking: `reason` "user_continued");
+    a client removes its words and drops its audio. `response.done` with status "cancelled" follows."""
+
+    type: ClassVar[str] = "response.cancelled"
     response_id: str
     reason: str
 

@@ -2,10 +2,15 @@
 // The call owns its media (streams, two AudioContexts, timers) and frees all of it in `teardown`.
 // What it sees is reported to a `view` (ui.js) and recorded in `trace`, which the page exposes on
 // `window.omni` so that tests (and curious people) can follow a call.
+//
+// A reply's words are shown as they are heard, not as they arrive (transcript.js says how text maps to
+// audio): a reply cut by barge-in or by the Interrupt button keeps only the words that were played.
 
+import { Orb, meterFor } from "./levels.js";
+import { CallDevices } from "./devices.js";
+import { CameraUnavailable, mediaErrorText, openCallMedia } from "./media.js";
 import {
   OUTPUT_SAMPLE_RATE_HZ,
-  INPUT_SAMPLE_RATE_HZ,
   SUBPROTOCOL,
   base64ToF32,
   clientStats,
@@ -14,41 +19,40 @@ import {
   dispatchServerEvent,
   errorText,
   f32ToBase64,
+  forceListen,
   inputAppend,
+  inputText,
   realtimeUrl,
   sessionClose,
   sessionInit,
 } from "./protocol.js";
+import { Reply, SpeechRate } from "./transcript.js";
 
 const FRAME_EVERY_MS = 1000;
 const FRAME_MAX_WIDTH = 640;
 const FRAME_QUALITY = 0.7;
+const SCREEN_MAX_WIDTH = 1920; // a shared screen's text stays legible
+const SCREEN_QUALITY = 0.85;
 const STATS_EVERY_MS = 3000;
+const LEVEL_EVERY_MS = 50;
+const SLOW_CONNECT_MS = 2000; // still connecting after this: say what the call is waiting for
 const CHUNK_S = 0.1; // the capture worklet's chunk length
 const HANGUP_WAIT_MS = 2000;
+const MAX_TYPED_CHARS = 2000; // as the server's `input.text` limit
 
 /** Turn-taking sensitivity in words → the server's `turn_detection` knobs. */
+// `end_of_turn_threshold`: how sure the end-of-turn model must be to end a turn before `silence_ms`.
 export const SENSITIVITY = {
-  patient: { threshold: 0.6, silence_ms: 900 },
-  normal: { threshold: 0.5, silence_ms: 500 },
-  quick: { threshold: 0.4, silence_ms: 300 },
+  patient: { threshold: 0.6, silence_ms: 1200, end_of_turn_threshold: 0.8 },
+  normal: { threshold: 0.5, silence_ms: 800, end_of_turn_threshold: 0.5 },
+  quick: { threshold: 0.4, silence_ms: 500, end_of_turn_threshold: 0.35 },
 };
 
-export function mediaErrorText(err, video) {
-  const what = video ? "camera and microphone" : "microphone";
-  switch (err && err.name) {
-    case "NotAllowedError":
-    case "SecurityError":
-      return `Access to the ${what} was blocked. Allow it for this site in the browser's settings (the icon next to the address), then start the call again.`;
-    case "NotFoundError":
-    case "OverconstrainedError":
-      return `No ${what} was found. Plug one in (or check that no other app is using it), then try again.`;
-    case "NotReadableError":
-      return `The ${what} could not be opened: another app may be using it.`;
-    default:
-      return `The ${what} could not be started (${(err && err.message) || err}).`;
-  }
-}
+const WAITING_FOR = {
+  permission: "Waiting for you to allow the microphone in the browser's prompt…",
+  server: "Still connecting: waiting for the server to answer…",
+  media: "Still connecting: setting up the audio connection (WebRTC)…",
+};
 
 export function newTrace() {
   return {
@@ -56,12 +60,16 @@ export function newTrace() {
     events: {}, // count of each server event type
     sentAppends: 0,
     sentFrames: 0,
+    lastFrameSize: null, // [width, height] of the last frame sent (WebSocket path)
     playedSamples: 0,
     playedEnergy: 0,
     droppedSamples: 0,
     flushes: 0,
     underruns: 0,
     subtitleChars: 0,
+    replies: [], // {id, text, shown, playedS, interrupted}: what was received and what was shown as heard
+    typed: 0,
+    buttonInterrupts: 0,
     userTurns: [], // seconds of speech in each of the user's turns, as the server's VAD cut them
     visionTokens: 0,
     lastTimings: null,
@@ -73,27 +81,40 @@ export function newTrace() {
 }
 
 export class Call {
-  constructor({ mode, settings, view, trace }) {
+  constructor({ mode, settings, view, trace, offerVoiceCall = null, onDevices = null }) {
     this.mode = mode; // "audio" | "video"
-    this.settings = settings; // {language, instructions, sensitivity, voiceId, characterId}
+    this.settings = settings; // {language, instructions, sensitivity, voiceId, characterId, visionHd, micId, cameraId, facing}
     this.view = view;
     this.trace = trace;
+    this.offerVoiceCall = offerVoiceCall; // (message) => void: the camera failed but the microphone works
+    this.onDevices = onDevices; // ({micId, cameraId, facing}) => void: remember them
     this.state = null;
     this.ws = null;
     this.stream = null;
     this.captureCtx = null;
     this.playbackCtx = null;
     this.playbackNode = null;
+    this.micSource = null;
+    this.captureNode = null;
+    this.micMeter = null;
+    this.outMeter = null;
+    this.orb = new Orb(view.orbElement(), trace);
     this.timers = [];
     this.muted = false;
     this.cameraOn = mode === "video";
+    this.devices = new CallDevices(this);
     this.created = false;
     this.ended = false;
     this.hangingUp = false;
+    this.waitingFor = "permission";
+    this.slow = false;
     this.pendingFrame = null;
     this.captureOriginMs = null; // performance.now() of the first sample the server got
     this.sentSamples = 0;
-    this.response = null; // {id, interrupted, firstAudioAt, gotAudio}
+    this.response = null; // the reply being heard: see onResponseCreated
+    this.flushing = []; // replies interrupted whose `flushed` (how much was played) is still to come
+    this.statsAt = null; // performance.now() of the playback worklet's last stats
+    this.speechRate = new SpeechRate(settings.language);
     this.speechEndAt = null;
     this.userStartMs = null;
     this.closedWaiters = [];
@@ -104,45 +125,60 @@ export class Call {
 
   async start() {
     this.setState("connecting");
+    this.timers.push(setTimeout(() => this.slowConnect(), SLOW_CONNECT_MS));
     const video = this.mode === "video";
     try {
-      this.stream = await navigator.mediaDevices.getUserMedia({
-        audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-        video: video ? { width: { ideal: 640 }, height: { ideal: 480 } } : false,
-      });
+      this.stream = await openCallMedia(video, this.settings);
     } catch (err) {
-      this.fail(mediaErrorText(err, video));
+      if (err instanceof CameraUnavailable && this.offerVoiceCall) {
+        this.fail(err.message);
+        this.offerVoiceCall(err.message);
+      } else {
+        this.fail(mediaErrorText(err, video));
+      }
       return;
     }
     if (this.ended) return this.teardown(); // hung up while the permission prompt was open
-    if (video) this.view.showPreview(this.stream);
     try {
       await this.startAudio();
     } catch (err) {
       this.fail(`Audio could not be started in this browser (${err.message}).`);
       return;
     }
+    this.timers.push(setInterval(() => this.tick(), LEVEL_EVERY_MS));
+    this.waitFor("server");
+    this.devices.start();
     this.connect();
   }
 
+  /** Capture at the browser's own rate (the worklet resamples to 16 kHz), play at 24 kHz. */
   async startAudio() {
-    this.captureCtx = new AudioContext({ sampleRate: INPUT_SAMPLE_RATE_HZ });
+    this.captureCtx = new AudioContext({ latencyHint: "interactive" });
     this.playbackCtx = new AudioContext({ sampleRate: OUTPUT_SAMPLE_RATE_HZ });
     await Promise.all([
       this.captureCtx.audioWorklet.addModule("audio/capture.worklet.js"),
       this.playbackCtx.audioWorklet.addModule("audio/playback.worklet.js"),
     ]);
-    const source = this.captureCtx.createMediaStreamSource(this.stream);
-    const capture = new AudioWorkletNode(this.captureCtx, "capture", { numberOfInputs: 1, numberOfOutputs: 1 });
+    this.captureNode = new AudioWorkletNode(this.captureCtx, "capture", { numberOfInputs: 1, numberOfOutputs: 1 });
     const sink = this.captureCtx.createGain();
     sink.gain.value = 0; // the worklet must reach the destination to be run, but nobody wants to hear themselves
-    source.connect(capture).connect(sink).connect(this.captureCtx.destination);
-    capture.port.onmessage = (e) => this.onCaptured(e.data);
+    this.captureNode.connect(sink).connect(this.captureCtx.destination);
+    this.captureNode.port.onmessage = (e) => this.onCaptured(e.data);
+    this.connectMic();
 
     this.playbackNode = new AudioWorkletNode(this.playbackCtx, "playback", { outputChannelCount: [1] });
     this.playbackNode.connect(this.playbackCtx.destination);
     this.playbackNode.port.onmessage = (e) => this.onPlayback(e.data);
+    this.outMeter = meterFor(this.playbackNode);
     await Promise.all([this.captureCtx.resume(), this.playbackCtx.resume()]);
+  }
+
+  /** (Re)connect the stream's microphone track to the capture worklet and the level meter. */
+  connectMic() {
+    if (this.micSource) this.micSource.disconnect();
+    this.micSource = this.captureCtx.createMediaStreamSource(this.stream);
+    this.micSource.connect(this.captureNode);
+    this.micMeter = meterFor(this.micSource);
   }
 
   connect() {
@@ -150,6 +186,18 @@ export class Call {
     this.ws = ws;
     ws.onmessage = (e) => this.onMessage(e.data);
     ws.onclose = () => this.onSocketClosed();
+  }
+
+  /** What the call waits for while connecting ("permission", "server", "media"); said after 2 s. */
+  waitFor(what) {
+    this.waitingFor = what;
+    if (this.slow && this.state === "connecting") this.setState("connecting", WAITING_FOR[what]);
+  }
+
+  slowConnect() {
+    this.slow = true;
+    this.mark("slow-connect");
+    if (this.state === "connecting") this.setState("connecting", WAITING_FOR[this.waitingFor]);
   }
 
   // ---- controls ---------------------------------------------------------------------------------
@@ -162,6 +210,51 @@ export class Call {
     this.cameraOn = on;
     if (this.stream) for (const t of this.stream.getVideoTracks()) t.enabled = on;
     if (!on) this.pendingFrame = null;
+  }
+
+  /** The Interrupt button: stop the reply now, here and on the server (`force_listen`). */
+  interruptNow() {
+    if (!this.created || this.ended || !this.response) return;
+    this.sendEvent(forceListen());
+    this.trace.buttonInterrupts += 1;
+    this.trace.buttonInterrupted = this.response.id;
+    this.mark("interrupt-button");
+    this.interrupt();
+    this.setState("listening");
+  }
+
+  /** A typed message, answered like a spoken turn; returns an error sentence, or "" when it was sent. */
+  sendText(text) {
+    const message = text.trim();
+    if (!message) return "Type a message first.";
+    if (message.length > MAX_TYPED_CHARS) return `That is ${message.length} characters; ${MAX_TYPED_CHARS} at most.`;
+    if (!this.created || this.ended) return "The call is not connected yet.";
+    if (this.response && !this.response.interrupted) this.interrupt(); // the new turn replaces what is playing
+    this.sendEvent(inputText(message));
+    this.trace.typed += 1;
+    this.view.userTyped(message);
+    this.setState("thinking");
+    return "";
+  }
+
+  /** A client event during the call (WebSocket path: the socket; WebRTC overrides: the data channel). */
+  sendEvent(message) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(message);
+  }
+
+  /** The transport's side of a device change (WebSocket path: the capture worklet; frames come from the preview). */
+  async sendMic() {
+    this.connectMic();
+  }
+
+  async sendCamera() {}
+
+  async sendScreen() {}
+
+  /** The devices in use: kept in the settings, and remembered for the next call. */
+  devicesInUse(inUse) {
+    Object.assign(this.settings, inUse);
+    if (this.onDevices) this.onDevices(inUse);
   }
 
   /** Asks the server to end the call and waits (bounded) for `session.closed`. */
@@ -196,23 +289,25 @@ export class Call {
     const video = this.view.previewElement();
     const canvas = document.createElement("canvas");
     const grab = () => {
-      if (!this.cameraOn || !video.videoWidth || this.ended) return;
-      const scale = Math.min(1, FRAME_MAX_WIDTH / video.videoWidth);
+      const sharing = Boolean(this.devices.screenTrack);
+      if ((!this.cameraOn && !sharing) || !video.videoWidth || this.ended) return;
+      const scale = Math.min(1, (sharing ? SCREEN_MAX_WIDTH : FRAME_MAX_WIDTH) / video.videoWidth);
       canvas.width = Math.round(video.videoWidth * scale);
       canvas.height = Math.round(video.videoHeight * scale);
-      canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+      canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height); // unmirrored: as the camera sees
       canvas.toBlob(
         async (blob) => {
-          if (!blob || !this.cameraOn) return;
+          if (!blob || (!this.cameraOn && !this.devices.screenTrack)) return;
           const bytes = new Uint8Array(await blob.arrayBuffer());
           let binary = "";
           for (let i = 0; i < bytes.length; i += 0x8000) {
             binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
           }
           this.pendingFrame = btoa(binary); // sent with the next audio append; only the latest matters
+          this.trace.lastFrameSize = [canvas.width, canvas.height];
         },
         "image/jpeg",
-        FRAME_QUALITY,
+        sharing ? SCREEN_QUALITY : FRAME_QUALITY,
       );
     };
     grab();
@@ -225,6 +320,54 @@ export class Call {
     }
   }
 
+  // ---- levels and the words heard ---------------------------------------------------------------
+
+  /** Every 50 ms: the orb follows both voices, and the subtitles follow the reply's audio. */
+  tick() {
+    const mic = this.muted || !this.micMeter ? 0 : this.micMeter.level();
+    this.orb.show(mic, this.outMeter ? this.outMeter.level() : 0);
+    const r = this.response;
+    if (r && !r.interrupted && !r.played) this.showHeard(r, this.playedS(r));
+  }
+
+  /** Seconds of reply `r` played so far (WebSocket path: the playback worklet's count since it began). */
+  playedS(r) {
+    if (r.playedBase === null) return 0;
+    const counted = this.trace.playedSamples - r.playedBase;
+    const since = this.statsAt ? ((performance.now() - this.statsAt) / 1000) * OUTPUT_SAMPLE_RATE_HZ : 0;
+    const playing = this.state === "speaking" ? since : 0;
+    return Math.min(r.pushedSamples, counted + playing) / OUTPUT_SAMPLE_RATE_HZ;
+  }
+
+  showHeard(r, playedS) {
+    this.view.setAssistantText(r.line, r.heard(playedS, this.speechRate.charsPerS()));
+  }
+
+  /** The reply finished playing in full: all its words were heard, and they measure the speech rate. */
+  replyPlayed() {
+    const r = this.response;
+    if (!r || r.interrupted || r.played || !r.done) return;
+    r.played = true;
+    r.shownChars = r.text.length;
+    this.view.setAssistantText(r.line, r.text);
+    this.speechRate.add(r.text.length, r.audioS);
+    this.recordReply(r.summary(r.audioS));
+  }
+
+  /** A reply cut short: keep the words heard after `playedS` seconds, mark it interrupted. */
+  replyCut(r, playedS) {
+    if (r.cut) return;
+    r.cut = true;
+    this.showHeard(r, playedS);
+    this.view.markInterrupted(r.line);
+    this.recordReply(r.summary(playedS));
+  }
+
+  recordReply(summary) {
+    this.trace.replies.push(summary);
+    if (this.trace.replies.length > 20) this.trace.replies.shift();
+  }
+
   // ---- playback ---------------------------------------------------------------------------------
 
   onPlayback(msg) {
@@ -235,27 +378,35 @@ export class Call {
         if (this.response && !this.response.interrupted) this.setState("speaking");
         break;
       case "drained":
+        this.replyPlayed();
         if (this.state === "speaking") this.setState("listening");
         break;
-      case "flushed":
+      case "flushed": {
         t.flushes += 1;
         t.droppedSamples += msg.dropped;
+        const r = this.flushing.shift();
+        if (r) this.replyCut(r, Math.max(0, r.pushedSamples - msg.dropped) / OUTPUT_SAMPLE_RATE_HZ);
         break;
+      }
       case "stats":
         t.playedSamples = msg.played;
         t.playedEnergy = msg.energy;
         t.underruns = msg.underruns;
+        this.statsAt = performance.now();
         break;
       default:
         throw new Error(`unknown playback message ${msg.type}`);
     }
   }
 
-  /** Barge-in: stop speaking at once and drop whatever is queued. */
+  /** Barge-in: stop speaking at once and drop whatever is queued; the words heard are kept. */
   interrupt() {
-    if (this.response) this.response.interrupted = true;
+    const r = this.response;
+    if (r && !r.interrupted) {
+      r.interrupted = true;
+      this.flushing.push(r); // the worklet's `flushed` says exactly how much of it was played
+    }
     if (this.playbackNode) this.playbackNode.port.postMessage({ type: "flush" });
-    this.view.markInterrupted();
   }
 
   // ---- server events ----------------------------------------------------------------------------
@@ -290,6 +441,7 @@ export class Call {
         turnDetection: SENSITIVITY[s.sensitivity],
         voiceId: s.voiceId,
         characterId: s.characterId,
+        visionHd: this.mode === "video" && s.visionHd,
       }),
     );
   }
@@ -319,15 +471,16 @@ export class Call {
   }
 
   onResponseCreated(e) {
-    this.response = { id: e.response_id, interrupted: false, gotAudio: false };
-    this.view.assistantTurnStarted();
+    if (this.response && !this.response.interrupted && !this.response.played) this.interrupt(); // one reply at a time
+    this.response = new Reply(e.response_id, this.view.assistantTurnStarted());
     if (this.state !== "speaking") this.setState("thinking");
   }
 
   onTextDelta(e) {
-    if (!this.response || this.response.interrupted || e.response_id !== this.response.id) return;
+    const r = this.response;
+    if (!r || r.interrupted || e.response_id !== r.id) return;
     this.trace.subtitleChars += e.text.length;
-    this.view.appendAssistantText(e.text);
+    r.text += e.text;
   }
 
   onAudioDelta(e) {
@@ -335,12 +488,14 @@ export class Call {
     if (!r || r.interrupted || e.response_id !== r.id) return; // audio of an abandoned reply
     if (!r.gotAudio) {
       r.gotAudio = true;
+      r.playedBase = this.trace.playedSamples;
       if (this.speechEndAt !== null) {
         this.trace.clientLatencyMs = Math.round(performance.now() - this.speechEndAt);
         this.view.showClientLatency(this.trace.clientLatencyMs);
       }
     }
     const samples = base64ToF32(e.audio);
+    r.pushedSamples += samples.length;
     this.playbackNode.port.postMessage({ type: "push", samples }, [samples.buffer]);
   }
 
@@ -349,14 +504,32 @@ export class Call {
     this.setState("listening");
   }
 
+  /** The user had only paused: the reply is withdrawn, its words removed, and the turn goes on. */
+  onResponseCancelled(e) {
+    if (!this.response || e.response_id !== this.response.id) return;
+    this.interrupt();
+    this.view.removeLine(this.response.line);
+  }
+
   onResponseDone(e) {
     const response = e.response || {};
     const details = (response.usage && response.usage.input_tokens_details) || {};
     this.trace.visionTokens = details.vision_tokens || 0;
     this.trace.lastTimings = e.timings || null;
     this.view.showTimings(e.timings || {}, response.status);
+    const r = this.response;
+    if (r && r.id === response.id) {
+      r.done = true;
+      r.audioS = this.replyAudioS(r, e.timings || {});
+      if (r.audioS === 0 && !r.interrupted) this.replyPlayed(); // a reply without audio: all its words are "heard"
+    }
     if (this.playbackNode) this.playbackNode.port.postMessage({ type: "end" });
     if (this.state === "thinking") this.setState("listening"); // a reply without audio
+  }
+
+  /** A finished reply's audio length (WebSocket path: what arrived; WebRTC: the server's count). */
+  replyAudioS(r) {
+    return r.pushedSamples / OUTPUT_SAMPLE_RATE_HZ;
   }
 
   onConversationTruncated() {
@@ -366,14 +539,16 @@ export class Call {
   onError(e) {
     const text = errorText(e.error);
     this.trace.errors.push((e.error && e.error.code) || "error");
-    this.view.showError(text);
+    if (this.created) this.view.showError(text);
+    else this.failMessage = text; // said when the call ends, next to the call buttons
   }
 
   onSessionClosed(e) {
     this.trace.closedReason = e.reason;
     for (const resolve of this.closedWaiters) resolve();
     if (this.hangingUp) return; // hangUp() finishes
-    this.finish(closeReasonText(e.reason), e.reason !== "stopped");
+    const message = e.reason === "error" && this.failMessage ? this.failMessage : closeReasonText(e.reason);
+    this.finish(message, e.reason !== "stopped");
   }
 
   onSocketClosed() {
@@ -390,6 +565,11 @@ export class Call {
 
   finish(message, isError = false) {
     if (this.ended) return;
+    const r = this.response;
+    if (r && !r.played && !r.cut) {
+      if (!r.interrupted) r.interrupted = true;
+      this.replyCut(r, this.playedS(r)); // hung up mid-reply: the words heard so far stay
+    }
     this.ended = true;
     this.setState("ended");
     this.view.callEnded(message, isError);
@@ -403,6 +583,7 @@ export class Call {
       clearTimeout(t);
     }
     this.timers = [];
+    this.devices.stop();
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, "hang up");
     if (this.stream) for (const track of this.stream.getTracks()) track.stop();
     for (const ctx of [this.captureCtx, this.playbackCtx]) if (ctx && ctx.state !== "closed") ctx.close();

@@ -42,9 +42,11 @@ export function sessionInit({
   mode = "assistant",
   voiceId = "",
   characterId = "",
+  visionHd = false,
 } = {}) {
   const payload = { mode, language };
   if (instructions) payload.instructions = instructions;
+  if (visionHd) payload.config = { vision_hd: true };
   if (voiceId) payload.voice = { voice_id: voiceId };
   if (characterId) payload.character_id = characterId;
   if (turnDetection) payload.turn_detection = { type: "server_vad", barge_in: true, ...turnDetection };
@@ -55,6 +57,16 @@ export function inputAppend(audioBase64, videoFrames = []) {
   const input = { audio: audioBase64 };
   if (videoFrames.length) input.video_frames = videoFrames;
   return JSON.stringify({ type: "input.append", input });
+}
+
+/** Interrupt the reply now (the SDK's `interrupt()`): an append with no audio, only `force_listen`. */
+export function forceListen() {
+  return JSON.stringify({ type: "input.append", input: { audio: "", force_listen: true } });
+}
+
+/** Ours: a typed message, answered like a spoken turn. */
+export function inputText(text) {
+  return JSON.stringify({ type: "input.text", text });
 }
 
 /** Ours: a WebRTC call's offer, on its signalling socket (docs/webrtc.md). */
@@ -118,6 +130,8 @@ export function dispatchServerEvent(event, h) {
       return h.onAudioDelta(event);
     case "response.listen":
       return h.onResponseListen(event);
+    case "response.cancelled":
+      return h.onResponseCancelled(event);
     case "response.done":
       return h.onResponseDone(event);
     case "conversation.truncated":

@@ -1,4 +1,8 @@
-// The page's view of a call: state, timer, subtitles, latency, messages. Knows the DOM, not the protocol.
+// The page's view of a call: title, state, timer, orb and self-view, subtitles, controls, latency, and the
+// transcript kept after it ends. Knows the DOM, not the protocol.
+
+import { say } from "./feedback.js";
+import { clock, transcriptText } from "./transcript.js";
 
 const STATE_WORDS = {
   connecting: "Connecting…",
@@ -15,33 +19,65 @@ const $ = (id) => document.getElementById(id);
 export class CallView {
   constructor() {
     this.timerId = null;
+    this.startedAt = null; // performance.now() when the call was created
     this.userLine = null;
-    this.assistantLine = null;
+    this.speaker = "Assistant";
+    $("transcript-copy").addEventListener("click", () => this.copyTranscript());
+    $("transcript-download").addEventListener("click", () => this.downloadTranscript());
   }
 
   // ---- screens ----------------------------------------------------------------------------------
 
-  callStarting(mode) {
-    this.clearError();
+  /** A new call's screen: `title` heads it, `speaker` names the assistant in the subtitles. */
+  callStarting(mode, { title, speaker }) {
+    this.speaker = speaker;
+    this.startedAt = null;
+    this.userLine = null;
     $("setup").hidden = true;
+    $("last-call").hidden = true;
     $("call").hidden = false;
+    $("call-title").textContent = title;
+    $("orb-initial").textContent = speaker === "Assistant" ? "" : speaker.slice(0, 1).toUpperCase();
     $("subtitles").replaceChildren();
+    for (const id of ["call-note", "call-error", "call-feedback", "text-feedback", "controls-feedback", "devices-feedback"]) {
+      say(id, "");
+    }
+    $("stage").classList.toggle("video", mode === "video");
     $("camera").hidden = mode !== "video";
     $("camera").setAttribute("aria-pressed", "true");
     $("camera").textContent = "Camera off";
+    $("flip").hidden = true;
+    $("share").hidden = true;
     $("mute").setAttribute("aria-pressed", "false");
     $("mute").textContent = "Mute";
+    $("text-input").value = "";
+    this.setInterruptible(false);
     $("timer").textContent = "0:00";
     for (const id of ["lat-client", "lat-server", "lat-engine"]) $(id).textContent = "–";
   }
 
+  /**
+   * The call is over. A call that was connected leaves its transcript on the page with "Call ended · m:ss"
+   * and why it ended; one that never connected says why next to the call buttons.
+   */
   callEnded(message, isError) {
-    $("setup").hidden = false;
     $("call").hidden = true;
+    $("setup").hidden = false;
     $("preview").hidden = true;
     $("preview").srcObject = null;
-    if (isError) this.showError(message);
-    else this.note(message);
+    if (this.startedAt === null) {
+      say("call-feedback", message, isError ? "error" : "info");
+      return;
+    }
+    if (this.userLine) this.userTurnEnded(null);
+    const heading = `Call ended · ${clock((performance.now() - this.startedAt) / 1000)}`;
+    $("last-call-title").textContent = heading;
+    say("last-call-reason", message, isError ? "error" : "info");
+    $("transcript").replaceChildren(...$("subtitles").childNodes);
+    if (!$("transcript").childElementCount) this.line("note", "", "Nothing was said.", $("transcript"));
+    say("transcript-feedback", "");
+    $("last-call").hidden = false;
+    $("last-call").scrollIntoView({ block: "nearest" });
   }
 
   // ---- state ------------------------------------------------------------------------------------
@@ -51,14 +87,18 @@ export class CallView {
     el.dataset.state = state;
     el.textContent = STATE_WORDS[state] || state;
     $("state-detail").textContent = detail || "";
+    this.setInterruptible(state === "speaking" || state === "thinking");
+  }
+
+  setInterruptible(on) {
+    $("interrupt").disabled = !on;
   }
 
   startTimer() {
-    const started = performance.now();
+    this.startedAt = performance.now();
     this.stopTimer();
     this.timerId = setInterval(() => {
-      const s = Math.floor((performance.now() - started) / 1000);
-      $("timer").textContent = `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+      $("timer").textContent = clock((performance.now() - this.startedAt) / 1000);
     }, 500);
   }
 
@@ -69,40 +109,92 @@ export class CallView {
 
   // ---- subtitles --------------------------------------------------------------------------------
 
-  line(kind, text) {
+  line(kind, who, text, box = $("subtitles")) {
     const p = document.createElement("p");
     p.className = kind;
-    p.textContent = text;
-    const box = $("subtitles");
+    if (who) {
+      const name = document.createElement("span");
+      name.className = "who";
+      name.textContent = `${who}: `;
+      p.append(name);
+    }
+    const said = document.createElement("span");
+    said.className = "said";
+    said.textContent = text;
+    p.append(said);
     box.append(p);
     box.scrollTop = box.scrollHeight;
     return p;
   }
 
   userTurnStarted() {
-    this.userLine = this.line("user", "You are speaking…");
+    this.userLine = this.line("user", "You", "speaking…");
   }
 
+  /** The user's turn ended after `spokenS` seconds of speech (null: the call ended while they spoke). */
   userTurnEnded(spokenS) {
-    if (!this.userLine) this.userLine = this.line("user", "");
-    this.userLine.textContent = `You spoke (${spokenS.toFixed(1)} s)`;
+    if (!this.userLine) this.userLine = this.line("user", "You", "");
+    const said = spokenS === null ? "(speaking as the call ended)" : `(spoke ${spokenS.toFixed(1)} s)`;
+    this.userLine.querySelector(".said").textContent = said;
     this.userLine = null;
   }
 
+  userTyped(text) {
+    this.line("user typed", "You", text);
+  }
+
+  /** A line for a new reply; the call keeps it and fills in the words as they are heard. */
   assistantTurnStarted() {
-    this.assistantLine = this.line("assistant", "");
+    return this.line("assistant", this.speaker, "");
   }
 
-  appendAssistantText(text) {
-    if (!this.assistantLine) this.assistantTurnStarted();
-    this.assistantLine.textContent += text;
-    const box = $("subtitles");
-    box.scrollTop = box.scrollHeight;
+  setAssistantText(line, text) {
+    const said = line.querySelector(".said");
+    if (said.textContent === text) return;
+    said.textContent = text;
+    const box = line.parentElement;
+    if (box) box.scrollTop = box.scrollHeight;
   }
 
-  markInterrupted() {
-    if (this.assistantLine) this.assistantLine.classList.add("interrupted");
-    this.assistantLine = null;
+  /** A withdrawn reply (`response.cancelled`): its words were never meant, so its line goes. */
+  removeLine(line) {
+    if (line) line.remove();
+  }
+
+  markInterrupted(line) {
+    if (line.classList.contains("interrupted")) return;
+    line.classList.add("interrupted");
+    const cut = document.createElement("span");
+    cut.className = "cut";
+    cut.textContent = " (interrupted)";
+    line.append(cut);
+  }
+
+  // ---- the transcript after the call ------------------------------------------------------------
+
+  transcript() {
+    return transcriptText(`${$("call-title").textContent} — ${$("last-call-title").textContent}`, $("transcript"));
+  }
+
+  async copyTranscript() {
+    try {
+      await navigator.clipboard.writeText(this.transcript());
+      say("transcript-feedback", "Copied to the clipboard.", "ok");
+    } catch {
+      say("transcript-feedback", "This browser did not allow copying; use Download instead.", "error");
+    }
+  }
+
+  downloadTranscript() {
+    const url = URL.createObjectURL(new Blob([this.transcript()], { type: "text/plain;charset=utf-8" }));
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = `call-${new Date().toISOString().slice(0, 16).replace(/[:T]/g, "-")}.txt`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    say("transcript-feedback", `Saved as ${link.download}.`, "ok");
   }
 
   // ---- latency ----------------------------------------------------------------------------------
@@ -117,16 +209,39 @@ export class CallView {
     $("lat-engine").textContent = status === "interrupted" ? `${ms(t.engine_ms)} (interrupted)` : ms(t.engine_ms);
   }
 
-  // ---- media and messages -----------------------------------------------------------------------
+  // ---- media, controls and messages -------------------------------------------------------------
 
-  showPreview(stream) {
+  /** The self-view (mirrored, as a mirror, for a camera that faces the user) or the shared screen. */
+  showPreview(stream, mirrored) {
     const v = $("preview");
-    v.srcObject = stream;
+    if (v.srcObject !== stream) v.srcObject = stream;
+    v.classList.toggle("mirrored", mirrored);
     v.hidden = false;
   }
 
   previewElement() {
     return $("preview");
+  }
+
+  orbElement() {
+    return $("orb");
+  }
+
+  /** Which video controls a video call offers now. */
+  setVideoControls({ flip, share, sharing }) {
+    $("flip").hidden = !flip;
+    $("flip").disabled = sharing;
+    $("camera").disabled = sharing;
+    $("share").hidden = !share;
+    $("share").setAttribute("aria-pressed", String(sharing));
+    $("share").textContent = sharing ? "Stop sharing" : "Share screen";
+  }
+
+  /** The device pickers: every microphone and camera, the ones in use selected. */
+  showDevices({ mics, cameras }, { micId, cameraId }) {
+    fill($("mic-select"), mics, micId, "Microphone");
+    fill($("camera-select"), cameras, cameraId, "Camera");
+    $("camera-select").closest("label").hidden = !cameras.length || $("camera").hidden;
   }
 
   showEngine(engine) {
@@ -139,23 +254,20 @@ export class CallView {
     }
   }
 
+  /** A problem during the call (it goes on). */
   showError(text) {
-    const el = $("error");
-    el.textContent = text;
+    say("call-error", text, "error");
+  }
+
+  /** Something worth knowing about this call, kept on screen for the whole call (state changes do not clear it). */
+  note(text) {
+    const el = $("call-note");
+    el.textContent = el.hidden || !el.textContent ? text : `${el.textContent} ${text}`;
     el.hidden = false;
   }
+}
 
-  clearError() {
-    $("error").hidden = true;
-    $("error").textContent = "";
-  }
-
-  note(text) {
-    $("state-detail").textContent = text;
-    const el = $("notice");
-    if (el.hidden) {
-      el.textContent = text;
-      el.hidden = false;
-    }
-  }
+function fill(select, devices, chosen, fallback) {
+  select.replaceChildren(...devices.map((d, i) => new Option(d.label || `${fallback} ${i + 1}`, d.deviceId)));
+  if (devices.some((d) => d.deviceId === chosen)) select.value = chosen;
 }

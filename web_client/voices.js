@@ -1,14 +1,17 @@
 // The voice library in the page: pick a voice and a character for the next call, record or upload a voice,
 // manage your voices and characters, and hear text read in a voice. Talks to `/v1/library` (docs/voices.md);
-// the server checks and limits everything, the page only guides. `window.omniVoices` is a trace for tests.
+// the server checks and limits everything, the page only guides, each answer next to the control that
+// asked (feedback.js). `window.omniVoices` is a trace for tests.
 
+import { clear, say } from "./feedback.js";
 import { base64ToF32 } from "./protocol.js";
+import { ReadingPlayer } from "./reading.js";
+import { recall, remember } from "./settings.js";
 
 const LIBRARY_PATH = "/v1/library";
 const LIBRARY_SUBPROTOCOL = "omni.library";
 const RECORD_MIN_S = 5;
 const RECORD_MAX_S = 15;
-const TTS_RATE_HZ = 24000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -65,8 +68,10 @@ export class VoicesPanel {
     this.characters = [];
     this.editing = null; // the character id the form edits, or null for a new one
     this.recording = null;
-    this.ttsChunks = [];
     this.trace = { recordedS: 0, saved: [], errors: [] };
+    this.reader = new ReadingPlayer(this.trace);
+    this.ttsUrl = null;
+    this.restored = false; // the remembered voice and character are put back once the lists first arrive
     window.omniVoices = this.trace;
   }
 
@@ -76,6 +81,8 @@ export class VoicesPanel {
     $("voice-file").addEventListener("change", (e) => this.upload(e.target.files[0]));
     $("character-save").addEventListener("click", () => this.saveCharacter());
     $("tts-read").addEventListener("click", () => this.readAloud());
+    $("voice-select").addEventListener("change", (e) => remember("voiceId", e.target.value));
+    $("character-select").addEventListener("change", (e) => remember("characterId", e.target.value));
     this.refresh();
   }
 
@@ -84,10 +91,14 @@ export class VoicesPanel {
     return { voiceId: $("voice-select").value, characterId: $("character-select").value };
   }
 
-  status(text, isError = false) {
-    const el = $("voice-status");
-    el.textContent = text;
-    el.classList.toggle("error-text", isError);
+  /** The character chosen by id (for the call's title), or null. */
+  character(characterId) {
+    return this.characters.find((c) => c.id === characterId) || null;
+  }
+
+  /** Say `text` in the feedback line `id` (next to the control that asked); errors are traced. */
+  status(id, text, isError = false) {
+    say(id, text, isError ? "error" : "ok");
     if (isError) this.trace.errors.push(text);
   }
 
@@ -96,11 +107,22 @@ export class VoicesPanel {
       this.voices = (await this.socket.request("voice.list")).voices;
       this.characters = (await this.socket.request("character.list")).characters;
     } catch (err) {
-      this.status(err.message, true);
+      this.status("library-feedback", err.message, true);
       return;
     }
     this.renderVoices();
     this.renderCharacters();
+    if (!this.restored) {
+      this.restored = true;
+      this.select("voice-select", recall("voiceId"));
+      this.select("character-select", recall("characterId"));
+    }
+    clear("library-feedback");
+  }
+
+  select(id, value) {
+    const el = $(id);
+    if (value && [...el.options].some((o) => o.value === value)) el.value = value;
   }
 
   // ---- voices -------------------------------------------------------------------------------------
@@ -135,9 +157,9 @@ export class VoicesPanel {
     }
   }
 
-  async addVoice(blob, contentType) {
+  async addVoice(blob, contentType, feedback) {
     const name = $("voice-name").value.trim() || "My voice";
-    this.status("Checking the recording…");
+    say(feedback, "Checking the recording…");
     try {
       const reply = await this.socket.request(
         "voice.add",
@@ -145,16 +167,17 @@ export class VoicesPanel {
         await blob.arrayBuffer(),
       );
       this.trace.saved.push(reply.voice.id);
-      this.status(`Saved “${reply.voice.name}” (${reply.voice.duration_s.toFixed(1)} s of your voice). It is selected.`);
+      this.status(feedback, `Saved “${reply.voice.name}” (${reply.voice.duration_s.toFixed(1)} s of your voice). It is selected.`);
       await this.refresh();
       $("voice-select").value = reply.voice.id;
+      remember("voiceId", reply.voice.id);
     } catch (err) {
-      this.status(err.message, true);
+      this.status(feedback, err.message, true);
     }
   }
 
   upload(file) {
-    if (file) this.addVoice(file, file.type || "");
+    if (file) this.addVoice(file, file.type || "", "upload-feedback");
   }
 
   async renameVoice(v) {
@@ -166,8 +189,9 @@ export class VoicesPanel {
     try {
       await this.socket.request("voice.update", { voice_id: voiceId, ...fields });
       await this.refresh();
+      clear("voice-list-feedback");
     } catch (err) {
-      this.status(err.message, true);
+      this.status("voice-list-feedback", err.message, true);
     }
   }
 
@@ -176,8 +200,9 @@ export class VoicesPanel {
     try {
       await this.socket.request("voice.delete", { voice_id: v.id });
       await this.refresh();
+      this.status("voice-list-feedback", `Deleted “${v.name}”.`);
     } catch (err) {
-      this.status(err.message, true);
+      this.status("voice-list-feedback", err.message, true);
     }
   }
 
@@ -189,7 +214,7 @@ export class VoicesPanel {
     try {
       stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true } });
     } catch (err) {
-      this.status(`The microphone could not be opened (${err.name}).`, true);
+      this.status("record-feedback", `The microphone could not be opened (${err.name}).`, true);
       return;
     }
     const recorder = new MediaRecorder(stream);
@@ -217,7 +242,7 @@ export class VoicesPanel {
     recorder.start(250);
     this.recording = rec;
     $("record-start").disabled = true;
-    this.status(`Recording: read the sentence aloud. Stop after ${RECORD_MIN_S} s or more (${RECORD_MAX_S} s at most).`);
+    say("record-feedback", `Recording: read the sentence aloud. Stop after ${RECORD_MIN_S} s or more (${RECORD_MAX_S} s at most).`);
   }
 
   async stopRecording() {
@@ -233,7 +258,7 @@ export class VoicesPanel {
     $("record-stop").disabled = true;
     $("record-level").value = 0;
     const type = rec.recorder.mimeType || "audio/webm";
-    await this.addVoice(new Blob(rec.chunks, { type }), type);
+    await this.addVoice(new Blob(rec.chunks, { type }), type, "record-feedback");
   }
 
   // ---- characters ---------------------------------------------------------------------------------
@@ -281,9 +306,10 @@ export class VoicesPanel {
       for (const id of ["character-name", "character-persona", "character-greeting"]) $(id).value = "";
       await this.refresh();
       $("character-select").value = reply.character.id;
-      this.status(`Saved the character “${reply.character.name}”. It is selected for the next call.`);
+      remember("characterId", reply.character.id);
+      this.status("character-feedback", `Saved the character “${reply.character.name}”. It is selected for the next call.`);
     } catch (err) {
-      this.status(err.message, true);
+      this.status("character-feedback", err.message, true);
     }
   }
 
@@ -292,44 +318,45 @@ export class VoicesPanel {
     try {
       await this.socket.request("character.delete", { character_id: c.id });
       await this.refresh();
+      this.status("character-list-feedback", `Deleted “${c.name}”.`);
     } catch (err) {
-      this.status(err.message, true);
+      this.status("character-list-feedback", err.message, true);
     }
   }
 
   // ---- reading aloud ------------------------------------------------------------------------------
 
+  /** Read the text in the chosen voice (the built-in one if none): it plays from the first chunk. */
   async readAloud() {
-    const voiceId = $("voice-select").value;
-    if (!voiceId) {
-      this.status("Choose one of your voices above first: reading aloud clones a voice.", true);
-      return;
-    }
-    this.ttsChunks = [];
+    this.reader.begin(); // first, inside the click: the browser lets this context play
     $("tts-read").disabled = true;
-    this.status("Reading…");
+    $("tts-download").hidden = true;
+    say("tts-feedback", "Reading…");
     try {
       const done = await this.socket.request("tts.read", {
-        voice_id: voiceId,
+        voice_id: $("voice-select").value,
         text: $("tts-text").value,
         language: this.language(),
       });
-      const url = URL.createObjectURL(wavBlob(this.ttsChunks, TTS_RATE_HZ));
-      $("tts-audio").src = url;
+      const wav = await this.reader.end();
+      if (this.ttsUrl) URL.revokeObjectURL(this.ttsUrl);
+      this.ttsUrl = URL.createObjectURL(wav);
+      $("tts-audio").src = this.ttsUrl; // to hear it again
       $("tts-audio").hidden = false;
-      $("tts-download").href = url;
+      $("tts-download").href = this.ttsUrl;
       $("tts-download").hidden = false;
-      this.status(`Read ${done.audio_s.toFixed(1)} s of speech.`);
+      this.status("tts-feedback", `Read ${done.audio_s.toFixed(1)} s of speech.`);
     } catch (err) {
-      this.status(err.message, true);
+      this.reader.stop();
+      this.status("tts-feedback", err.message, true);
     } finally {
       $("tts-read").disabled = false;
     }
   }
 
   onTtsProgress(event) {
-    if (event.type === "tts.queued") this.status(`Waiting for the model: number ${event.position} in line.`);
-    else this.ttsChunks.push(base64ToF32(event.audio));
+    if (event.type === "tts.queued") say("tts-feedback", `Waiting for the model: number ${event.position} in line.`);
+    else this.reader.push(base64ToF32(event.audio));
   }
 }
 
@@ -339,31 +366,4 @@ function button(text, onClick) {
   b.textContent = text;
   b.addEventListener("click", onClick);
   return b;
-}
-
-/** 16-bit mono WAV of float chunks, for playing and downloading a reading. */
-function wavBlob(chunks, rate) {
-  const n = chunks.reduce((sum, c) => sum + c.length, 0);
-  const view = new DataView(new ArrayBuffer(44 + 2 * n));
-  const text = (offset, s) => [...s].forEach((ch, i) => view.setUint8(offset + i, ch.charCodeAt(0)));
-  text(0, "RIFF");
-  view.setUint32(4, 36 + 2 * n, true);
-  text(8, "WAVEfmt ");
-  view.setUint32(16, 16, true);
-  view.setUint16(20, 1, true);
-  view.setUint16(22, 1, true);
-  view.setUint32(24, rate, true);
-  view.setUint32(28, rate * 2, true);
-  view.setUint16(32, 2, true);
-  view.setUint16(34, 16, true);
-  text(36, "data");
-  view.setUint32(40, 2 * n, true);
-  let offset = 44;
-  for (const chunk of chunks) {
-    for (const x of chunk) {
-      view.setInt16(offset, Math.max(-1, Math.min(1, x)) * 32767, true);
-      offset += 2;
-    }
-  }
-  return new Blob([view.buffer], { type: "audio/wav" });
 }

@@ -2,7 +2,8 @@
 
 `EngineWorker` (the model's thread in this process) satisfies it, and so does the cluster gateway's
 per-call client (`omni_server.cluster.gateway`), which forwards every call to an engine replica on
-Ray Serve. Code above the engine is written against these protocols, so it never knows which one
+Ray Serve. Speculative replies with exact rollback (`SpeculativeEngine`) are the local worker's alone;
+a session checks for them and does without on an engine that lacks them. Code above the engine is written against these protocols, so it never knows which one
 it talks to. A conversation handle carries the two figures the session reads after each call.
 
 Must not import: sockets, websockets, aiortc, ray, omni_server.session, omni_server.transport.
@@ -11,12 +12,13 @@ Must not import: sockets, websockets, aiortc, ray, omni_server.session, omni_ser
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from omni_server.engine.base import EngineInfo, OmniModel, OutputChunk
 
 T = TypeVar("T")
 C = TypeVar("C", bound="ConversationHandle")
+C_contra = TypeVar("C_contra", bound="ConversationHandle", contravariant=True)
 
 
 class ConversationHandle(Protocol):
@@ -64,3 +66,24 @@ class EngineClient(Protocol[C]):
     async def warm_up(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class SpeculativeReply(ReplyChunks, Protocol):
+    """A reply whose steps use spare model time only, until `confirm` makes them ordinary work."""
+
+    speculative: bool
+
+    def confirm(self, deadline: float) -> None: ...
+
+
+@runtime_checkable
+class SpeculativeEngine(Protocol[C_contra]):
+    """What speculation needs besides `EngineClient` (engine/worker.py, engine/rollback.py)."""
+
+    async def checkpoint(self, conv: C_contra) -> Any: ...
+
+    async def rollback(self, conv: C_contra, checkpoint: Any) -> None: ...
+
+    def expect_work(self, conv: C_contra, notice_s: float | None) -> None: ...
+
+    async def reply(self, conv: C_contra, *, speculative: bool = False, **kwargs: Any) -> SpeculativeReply: ...

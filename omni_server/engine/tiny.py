@@ -9,10 +9,11 @@ run on a tiny random snapshot to check each point below):
 - real torch modules with seeded random weights: a transformers `Qwen2ForCausalLM` (hidden 64, 2 layers,
   4 heads, 2 KV heads) with a real KV cache kept as the legacy tuple in `llm_past_key_values`
   (`[0][0].shape[2]` = context length); an audio path (log-mel, 16 kHz, hop 160 → convs → one streaming
-  attention layer whose cache is `audio_past_key_values` → 25 embeddings per second, 27 tokens with its
-  tags); an image path (resize to 32×32, 4×4 patches → 64 embeddings, 66 tokens per overview or slice,
-  images sliced as the real processor slices them when `max_slice_nums` > 1: `placeholders.py`); a speech
-  head that turns LLM hidden states into 25 codes per TTS step, 512 samples of 24 kHz audio per code.
+  attention layer whose cache is `audio_past_key_values`, a `DynamicCache` updated in place within a user
+  turn as the real encoder's is → 25 embeddings per second, 27 tokens with its tags); an image path
+  (resize to 32×32, 4×4 patches → 64 embeddings, 66 tokens per overview or slice, images sliced as the
+  real processor slices them when `max_slice_nums` > 1: `placeholders.py`); a speech head that turns
+  LLM hidden states into 25 codes per TTS step, 512 samples of 24 kHz audio per code.
 - the real prompt strings, turn tags, validation, session reset, lazy generators, 3-token LLM chunks,
   held-back incomplete UTF-8, the audio chunk pattern 10752, 2048, 12800…, 512·k, and TTS segments.
 - the real failures: audio of 320 samples or fewer in a prefill raises the encoder's RuntimeError
@@ -137,24 +138,24 @@ class _AudioEncoder(nn.Module):
         self.proj = nn.Sequential(nn.Linear(width, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN))
         self.heads = heads
 
-    def forward(self, wav: torch.Tensor, past: Any) -> tuple[torch.Tensor, Any]:
+    def forward(self, wav: torch.Tensor, past: DynamicCache | None) -> tuple[torch.Tensor, DynamicCache]:
         frames = -(-wav.shape[0] // AUDIO_HOP)
         padded = F.pad(wav, (0, frames * AUDIO_HOP - wav.shape[0]))
         spec = torch.stft(padded, 400, AUDIO_HOP, window=self.window, return_complex=True)
         logmel = (self.mel @ spec[:, :frames].abs().square()).clamp(min=1e-10).log10()
         logmel = (torch.maximum(logmel, logmel.max() - 8.0) + 4.0) / 4.0
         x = F.gelu(self.conv2(F.gelu(self.conv1(logmel[None])))).transpose(1, 2)  # (1, T, width)
-        past_len = 0 if past is None else past[0][0].shape[2]
-        if past_len + x.shape[1] > ENCODER_POSITIONS:
-            logger.warning("audio encoder cache would pass %d positions: reset", ENCODER_POSITIONS)
-            past, past_len = None, 0
+        past_len = 0 if past is None else past.get_seq_length()
+        if past is None or past_len + x.shape[1] > ENCODER_POSITIONS:
+            if past is not None:
+                logger.warning("audio encoder cache would pass %d positions: reset", ENCODER_POSITIONS)
+            past, past_len = DynamicCache(), 0
         x = x + _sinusoids(past_len, x.shape[1], x.shape[2])
         q, k, v = (t.unflatten(2, (self.heads, -1)).transpose(1, 2) for t in self.qkv(self.norm(x)).chunk(3, 2))
-        if past is not None:
-            k, v = torch.cat([past[0][0], k], 2), torch.cat([past[0][1], v], 2)
+        k, v = past.update(k, v, 0)  # in place, as the real streaming Whisper encoder's cache is updated
         x = x + self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
         pooled = F.avg_pool1d(x.transpose(1, 2), 2).transpose(1, 2)
-        return self.proj(pooled[0]), ((k, v),)
+        return self.proj(pooled[0]), past
 
 
 def _sinusoids(start: int, length: int, width: int) -> torch.Tensor:

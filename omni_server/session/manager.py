@@ -21,6 +21,7 @@ import numpy as np
 from omni_server.config import Settings
 from omni_server.engine.client import EngineClient
 from omni_server.library.choice import choose_voice, decode_limits_for, store_for
+from omni_server.media.smart_turn import SmartTurnModel
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import Send, SessionInit
 from omni_server.session.admission import Admission, OnQueued
@@ -49,6 +50,8 @@ class SessionManager:
                 kv_budget_bytes / 1e9, fit, self.call_kv_bytes / 1e9, settings.max_sessions,
             )  # fmt: skip
         self.sessions: dict[str, CallSession] = {}
+        # Smart Turn, loaded once and shared by every call (its runs are thread-safe).
+        self.turn_model = SmartTurnModel() if settings.turn_model else None
         self.voices = store_for(settings)
         self.decode_limits = decode_limits_for(settings)
 
@@ -75,6 +78,10 @@ class SessionManager:
         silence_ms = td.silence_ms if td.silence_ms is not None else s.vad_silence_ms
         threshold = td.threshold if td.threshold is not None else s.vad_threshold
         min_speech_ms = td.min_speech_ms if td.min_speech_ms is not None else s.vad_min_speech_ms
+        asked = td.end_of_turn_threshold if td.end_of_turn_threshold is not None else s.turn_model_threshold
+        eot = None if self.turn_model is None or asked >= 1.0 else min(max(asked, 0.05), 0.99)
+        speculate = s.speculate if td.speculate is None else td.speculate
+        resume_ms = s.resume_window_ms if td.resume_window_ms is None else min(max(td.resume_window_ms, 0), 10_000)
         # Out-of-range numbers from a client are brought into range, as the fields above are.
         slices = None if init.max_slice_nums is None else min(max(init.max_slice_nums, 1), 9)
         return CallConfig(
@@ -93,7 +100,11 @@ class SessionManager:
                 threshold=min(max(threshold, 0.05), 0.95),
                 min_silence_ms=min(max(silence_ms, 100), 5000),
                 min_speech_ms=min(max(min_speech_ms, 0), 5000),
+                pause_ms=s.turn_pause_ms if eot is not None or speculate else None,
             ),
+            end_of_turn_threshold=eot,
+            speculate=speculate,
+            resume_window_s=resume_ms / 1000,
             barge_in=s.barge_in if td.barge_in is None else td.barge_in,
             preroll_ms=s.preroll_ms,
             max_context_tokens=max_context,
@@ -106,7 +117,9 @@ class SessionManager:
         return self.worker
 
     def create(self, call_id: str, config: CallConfig, send: Send) -> CallSession:
-        session = CallSession(call_id, self.engine_for(call_id), config, send, self.vad_model)
+        session = CallSession(
+            call_id, self.engine_for(call_id), config, send, self.vad_model, turn_model=self.turn_model
+        )
         self.sessions[call_id] = session
         return session
 

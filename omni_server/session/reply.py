@@ -8,6 +8,11 @@ talked over, and hands itself to the session's `on_done` (which keeps the call's
 `response.done`). A reply the model failed while its state stayed intact (`ReplyFailed`) ends with
 status `failed` and the reason; any other engine failure ends the call.
 
+A speculative reply (started before the user's turn was confirmed, with a `Hold`) runs on spare model
+time and keeps its chunks until `Hold.release`, when it sends them all at once and goes on as any
+other; dropped before that, it has said nothing at all. A reply withdrawn because the user went on
+(`cancel("user_continued")`) ends with `response.cancelled` and status `cancelled`.
+
 Scheduling: every chunk is requested with the time by which it should start on the shared model
 (`chunk_deadline`): the first soon after the turn ended, later ones in time for the listener not to
 run dry (see docs/capacity.md).
@@ -30,11 +35,19 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from omni_server.engine.base import OUTPUT_SAMPLE_RATE_HZ
-from omni_server.engine.client import ConversationHandle, EngineClient, ReplyChunks
+from omni_server.engine.base import OUTPUT_SAMPLE_RATE_HZ, OutputChunk
+from omni_server.engine.client import ConversationHandle, EngineClient, ReplyChunks, SpeculativeEngine
 from omni_server.errors import ReplyFailed
-from omni_server.protocol import OutputAudioDelta, OutputTextDelta, ResponseCreated, ResponseListen, Send
+from omni_server.protocol import (
+    OutputAudioDelta,
+    OutputTextDelta,
+    ResponseCancelled,
+    ResponseCreated,
+    ResponseListen,
+    Send,
+)
 from omni_server.session.playback import Playback
+from omni_server.session.turn_end import Hold, TurnEnd
 
 FIRST_CHUNK_SLACK_S = 0.5  # a reply's first chunk may yield this long to calls whose listener would run dry
 PLAYBACK_GUARD_S = 0.1  # a later chunk is due this long (plus its own compute) before the listener runs dry
@@ -63,6 +76,8 @@ class TurnStats:
     compute_first_audio_s: float | None = None  # ... and when the first audio chunk was ready
     audio_s: float = 0.0
     playback: Playback = field(default_factory=Playback)
+    end: TurnEnd | None = None  # which rule ended the turn (None: a greeting)
+    speculation: Hold | None = None  # the reply was started before the turn was confirmed
 
     def as_dict(self, compute_s: float, late_units: int) -> dict[str, Any]:
         first = None if self.first_audio_at is None else round((self.first_audio_at - self.speech_end_at) * 1000, 1)
@@ -81,6 +96,9 @@ class TurnStats:
             else round(self.playback.min_ahead_s * 1000, 1),
             "playback_underruns": self.playback.underruns,
             "underrun_ms": round(self.playback.underrun_s * 1000, 1),
+            "turn_rule": None if self.end is None else self.end.rule,
+            "speech_end_to_decision_ms": None if self.end is None else round(self.end.after_speech_ms, 1),
+            **({"speculative": False} if self.speculation is None else self.speculation.timings()),
         }
 
 
@@ -95,16 +113,22 @@ class Reply:
         send: Send,
         sink: AudioSink | None,
         clock: Callable[[], float] = time.monotonic,
+        hold: Hold | None = None,
+        on_first_audio: Callable[[float], None] | None = None,
     ) -> None:
         self.response_id = response_id
         self.stats = stats
         self._send = send
         self._sink = sink
         self._clock = clock
+        self.hold = hold  # speculative: nothing is said until it is released
+        self._on_first_audio = on_first_audio
         self._task: asyncio.Task[None] | None = None
-        self.status = "completed"  # completed | interrupted | failed
+        self.status = "completed"  # completed | interrupted | cancelled | failed
         self.failure: str | None = None  # why a failed reply failed, for the client
         self.barged_in = False  # interrupted by the user (not by the call ending)
+        self.cancel_reason: str | None = None  # withdrawn (`cancel`), not talked over
+        self._finishing = False  # the generation is over and the reply is saying how it ended
         self.text: list[str] = []
         self.output_tokens = 0  # context tokens the reply added
 
@@ -117,9 +141,14 @@ class Reply:
         """True while the model is still making this reply."""
         return self._task is not None and not self._task.done()
 
+    @property
+    def heard(self) -> bool:
+        """False for a speculation that was never released: the client knows nothing of it."""
+        return self.hold is None or self.hold.released.is_set()
+
     def ahead_s(self, now: float) -> float:
         """Reply audio the listener still has buffered at `now` (0 once the reply was interrupted)."""
-        return 0.0 if self.status == "interrupted" else self.playback.ahead_s(now)
+        return self.playback.ahead_s(now) if self.status == "completed" and self.heard else 0.0
 
     def start(
         self,
@@ -139,14 +168,23 @@ class Reply:
         if self._task is not None:
             await asyncio.wait([self._task], timeout=timeout_s)
 
+    def cancel(self, reason: str | None = None) -> None:
+        """Barge-in without waiting: silence the listener now and cancel the generation (the reply says
+        `response.listen`, or `response.cancelled` with `reason`, before its `response.done`)."""
+        if reason is not None:
+            self.cancel_reason = reason
+        if self._sink is not None and self.heard:
+            self._sink.flush()  # a reply generated in full may still be playing on the track
+        task = self._task
+        if task is not None and not task.done() and not task.cancelling() and not self._finishing:
+            task.cancel()  # once, and not in its clean-up: that would cut short the events it owes
+
     async def interrupt(self) -> None:
         """Barge-in: silence the listener now and stop generating within one chunk."""
-        if self._sink is not None:
-            self._sink.flush()  # a reply generated in full may still be playing on the track
+        self.cancel()
         task = self._task
         if task is None or task.done():
             return
-        task.cancel()  # the reply says `response.listen` before its `response.done`
         # Wait without `suppress(CancelledError)`: that would also swallow a cancellation of the caller
         # (the call ending meanwhile), which then went on to start a reply in a closing task group.
         await asyncio.wait([task])
@@ -166,35 +204,78 @@ class Reply:
         closing: Callable[[], bool],
         on_done: Callable[[Reply], Awaitable[None]],
     ) -> None:
-        await self._send(ResponseCreated(self.response_id))
+        hold = self.hold
+        if hold is None:
+            await self._send(ResponseCreated(self.response_id))
         before = conv.context_tokens
         stream: ReplyChunks | None = None
         try:
-            stream = await worker.reply(conv, **gen_kwargs)
-            await self._stream(stream, conv, closing)
+            if hold is None:
+                stream = await worker.reply(conv, **gen_kwargs)
+            else:
+                assert isinstance(worker, SpeculativeEngine)
+                speculative = await worker.reply(conv, speculative=True, **gen_kwargs)
+                stream, hold.on_release = speculative, speculative.confirm
+                if hold.released.is_set():  # confirmed while the partial unit was being prefilled
+                    speculative.confirm(self.chunk_deadline(0.0))
+                await self._stream(await self._held(stream, hold), stream, conv, closing)
+            if hold is None:
+                await self._stream([], stream, conv, closing)
+            if self.failure is not None:  # a speculation that failed while held, now released
+                self.status = "failed"
         except ReplyFailed as e:  # the model state is intact: this reply ends, the call goes on
             self.status, self.failure = "failed", e.message
+            if hold is not None:
+                await hold.released.wait()  # said once the turn is confirmed (dropped: cancelled, unsaid)
         except asyncio.CancelledError:
             self.status, self.barged_in = "interrupted", not closing()
+            if self.cancel_reason is not None or not self.heard:
+                self.status, self.barged_in = "cancelled", False
             raise
         finally:
-            if self._sink is not None and self.status != "completed":
+            self._finishing = True  # from here on a cancel would cut the clean-up short: see `cancel`
+            if self._sink is not None and self.status not in ("completed", "failed") and self.heard:
                 self._sink.flush()  # before anything that awaits: barge-in silences at once
-            elif self._sink is not None:
+            elif self._sink is not None and self.heard:
                 self._sink.end()
             if stream is not None:
                 await asyncio.shield(stream.close())
             self.output_tokens = max(0, conv.context_tokens - before)
-            try:
-                if self.barged_in:
-                    await asyncio.shield(self._send(ResponseListen(self.response_id, reason="interrupted")))
-            finally:
-                await asyncio.shield(on_done(self))
+            if self.heard:  # a speculation never released has said nothing and leaves no trace
+                try:
+                    if self.status == "cancelled" or self.cancel_reason is not None:  # withdrawn as it ended
+                        reason = self.cancel_reason or "user_continued"
+                        await asyncio.shield(self._send(ResponseCancelled(self.response_id, reason=reason)))
+                    elif self.barged_in:
+                        await asyncio.shield(self._send(ResponseListen(self.response_id, reason="interrupted")))
+                finally:
+                    await asyncio.shield(on_done(self))
 
-    async def _stream(self, stream: ReplyChunks, conv: ConversationHandle, closing: Callable[[], bool]) -> None:
+    async def _held(self, stream: ReplyChunks, hold: Hold) -> list[OutputChunk | None]:
+        """Chunks made on spare model time until the turn is confirmed (all of them, if the reply ends first)."""
+        held: list[OutputChunk | None] = []
+        while not hold.released.is_set():
+            if held and held[-1] is None:
+                await hold.released.wait()
+                break
+            try:
+                held.append(await stream.next(read_ahead=True))
+            except ReplyFailed as e:  # kept to say once the turn is confirmed, after what was made
+                self.failure = e.message
+                held.append(None)
+                continue
+            hold.chunks += held[-1] is not None
+        return held
+
+    async def _stream(
+        self, held: list[OutputChunk | None], stream: ReplyChunks, conv: ConversationHandle, closing: Callable[[], bool]
+    ) -> None:
         stats, rid = self.stats, self.response_id
         step_s = 0.0  # model time of a chunk: the next one is due that much before it is needed
-        while (chunk := await stream.next(deadline=self.chunk_deadline(step_s), read_ahead=True)) is not None:
+        while True:
+            chunk = held.pop(0) if held else await stream.next(deadline=self.chunk_deadline(step_s), read_ahead=True)
+            if chunk is None:
+                return
             if stats.first_audio_at is not None:  # the first chunk's cost says nothing about later ones
                 step_s = stream.step_s
             if chunk.text:
@@ -205,6 +286,8 @@ class Reply:
                 if stats.first_audio_at is None:
                     stats.first_audio_at = now
                     stats.compute_first_audio_s = conv.compute_s
+                    if self._on_first_audio is not None:
+                        self._on_first_audio(now)
                 stats.audio_s += chunk.duration_s
                 stats.playback.on_audio(now, chunk.duration_s)
                 if self._sink is not None:

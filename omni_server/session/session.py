@@ -7,10 +7,30 @@ kept. During a turn every completed 1-second unit (`[audio]`, or `["<unit>", fra
 call) is prefilled at once, so at the end of the turn only the partial last unit is left to prefill
 before `streaming_generate` starts. Every output chunk is sent the moment it exists.
 
-Replies are `Reply` objects (reply.py), one per turn. Barge-in: speech during a reply (or the
-client's `force_listen`) interrupts it: the reply generator is abandoned, which the model marks with
-`<|tts_eos|>` at the next prefill, and the client is told to drop queued audio. A transport that
-carries reply audio on a media track sets `audio_sink` before `run`.
+Replies are `Reply` objects (reply.py), one per turn.
+
+Two loops: the input loop runs the VAD and the turn logic on every piece as it arrives, and never
+waits for the model; the model loop takes the call's model work (unit prefills, starting a reply,
+rolling one back) in order from a queue bounded by the pending-audio limit. So a slow shared model
+delays prefills, never the decision that the user has stopped (or started) talking.
+
+Turn ends (session/turn_end.py): `pause_ms` into a silence, the end-of-turn model (Smart Turn) is asked
+whether the user has finished; if it is sure, the turn ends then (rule "semantic"), else the silence
+window does ("silence"). At the same pause a reply starts speculatively on spare model time, its
+output held: confirmed, it is released at once; if the user goes on, it is dropped and the model state
+rolled back exactly (engine/rollback.py), the partial unit it started from rejoining the turn's audio.
+A user who talks again within `resume_window_s` of a confirmed reply becoming audible had only paused:
+the reply is withdrawn (`response.cancelled`), rolled back the same way, and the turn goes on.
+
+Barge-in: speech during a reply (or the client's `force_listen`) interrupts it: the reply generator
+is abandoned, which the model marks with `<|tts_eos|>` at the next prefill, and the client is told to
+drop queued audio. A transport that carries reply audio on a media track sets `audio_sink` before
+`run`. A role-play's greeting is not barged into by the first `GREETING_GUARD_S` of sound after it
+starts playing (noise, or its own echo, would otherwise cut it before it is heard); `force_listen`
+still stops it.
+
+Typed messages (`text_turn`) end the user's turn like speech would: the model gets the text as a user
+text turn (made plain, see typed_text.py) after any audio of the turn, and replies.
 
 Context: MiniCPM-o was trained to 8192 tokens and never truncates its cache. When the next unit plus a
 reply would not fit, the call rolls over to a fresh model conversation: the system prompt (and so the
@@ -36,19 +56,25 @@ from PIL import Image
 
 from omni_server import protocol
 from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, MIN_AUDIO_SAMPLES, EngineInfo
-from omni_server.engine.client import ConversationHandle, EngineClient
+from omni_server.engine.client import ConversationHandle, EngineClient, SpeculativeEngine
 from omni_server.engine.placeholders import audio_tokens, image_tokens
 from omni_server.errors import OmniError, ProtocolError, SessionEnded
+from omni_server.media.smart_turn import SmartTurnModel
 from omni_server.media.vad import SileroVadModel, VadStream
 from omni_server.protocol import (
     ConversationTruncated,
     Error,
+    ResponseCancelled,
+    ResponseCreated,
     ResponseDone,
     Send,
     usage_payload,
 )
-from omni_server.session.reply import AudioSink, Reply, TurnStats
-from omni_server.session.turns import SpeechStarted, SpeechStopped, TurnConfig, TurnDetector
+from omni_server.session import turns
+from omni_server.session.reply import FIRST_CHUNK_SLACK_S, AudioSink, Reply, TurnStats
+from omni_server.session.turn_end import Hold, Kept, RecentAudio, SemanticJudge, TurnEnd
+from omni_server.session.turns import TurnConfig, TurnDetector
+from omni_server.session.typed_text import plain_text
 from omni_server.session.units import PreRoll, UnitCutter, pad_tail
 
 logger = logging.getLogger(__name__)
@@ -62,6 +88,11 @@ PREFILL_START_S = 0.2
 # Pieces up to this size run silero on the event loop (at most ~2 ms); longer ones go to a thread.
 _INLINE_VAD_SAMPLES = INPUT_SAMPLE_RATE_HZ // 4
 _CLOSE_CHUNK_WAIT_S = 1.0
+_JUDGED_S = 8  # Smart Turn hears the last 8 s of the turn
+_REJOIN_MAX_S = 10.0  # audio kept after a turn's partial unit was cut, to rejoin it if the turn goes on
+GREETING_GUARD_S = 1.5  # speech detected this soon after the greeting starts playing does not interrupt it
+MAX_PENDING_TEXTS = 4  # typed messages waiting for the call to take them up; more are refused
+_TEXT_TOKENS_PER_CHAR = 0.5  # a generous estimate, to keep room in the context before a text prefill
 _VOICE_MODES = {"assistant": "audio_assistant", "roleplay": "audio_roleplay", "voice_cloning": "voice_cloning"}
 _MEMORY_NOTE = {
     "en": "(Earlier in this call, which was too long to keep in full, you said: {text})",
@@ -96,9 +127,46 @@ class CallConfig:
     max_call_s: float = 1800.0
     idle_timeout_s: float = 120.0
     max_pending_audio_s: float = 30.0
+    end_of_turn_threshold: float | None = None  # Smart Turn's confidence that ends a turn (None: not asked)
+    speculate: bool = False  # start the reply at a pause (`turn.pause_ms`), before the turn is confirmed
+    resume_window_s: float = 0.0  # talking again this soon after a reply became audible continues the turn
 
     def model_mode(self) -> str:
         return "omni" if self.video and self.conversation_mode == "assistant" else _VOICE_MODES[self.conversation_mode]
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """Model work: prefill a completed 1-s unit."""
+
+    audio: Samples
+    arrived: float
+
+
+@dataclass(frozen=True)
+class _StartReply:
+    """Model work: prefill the turn's partial last unit (and a typed message), then start the reply
+    (held, when speculative)."""
+
+    stats: TurnStats
+    tail: Samples | None
+    hold: Hold | None
+    typed: str | None = None
+
+
+@dataclass(frozen=True)
+class _Rollback:
+    """Model work: end the reply and put the conversation back as it was before its partial unit;
+    `withdraw`: the reply is the one a continued turn withdraws (it ends with `response.cancelled`)."""
+
+    withdraw: str | None = None
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """Input: the end-of-turn model is sure the user finished in pause number `pause`."""
+
+    pause: int
 
 
 class CallSession:
@@ -112,6 +180,7 @@ class CallSession:
         send: Send,
         vad_model: SileroVadModel,
         *,
+        turn_model: SmartTurnModel | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = call_id
@@ -123,14 +192,33 @@ class CallSession:
         self._turns = TurnDetector(config.turn)
         self._preroll = PreRoll(config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000)
         self._cutter = UnitCutter(INPUT_SAMPLE_RATE_HZ)
-        self._inbox: asyncio.Queue[tuple[Samples, Image.Image | None, float] | str] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[Samples, Image.Image | None, float] | str | _Verdict] = asyncio.Queue()
         self._received_at = clock()  # when the audio being processed arrived (units are due from then)
-        self._pending_samples = 0
+        self._pending_samples = 0  # audio in the inbox
+        self._work: asyncio.Queue[_Unit | _StartReply | _Rollback] = asyncio.Queue()  # the model loop's
+        self._queued_samples = 0  # audio in `_work` (with the inbox, bounded by max_pending_audio_s)
+        threshold = config.end_of_turn_threshold
+        self._judge = None if turn_model is None or threshold is None else SemanticJudge(turn_model, threshold)
+        self._heard = RecentAudio(_JUDGED_S * INPUT_SAMPLE_RATE_HZ)  # what the judge hears
+        self._samples_in = 0  # stream position after the newest sample (as the turn detector counts)
+        self._turn_start = 0  # stream position of the current turn's first speech
+        self._spec_engine = worker if isinstance(worker, SpeculativeEngine) else None
+        self._hold: tuple[Hold, TurnStats] | None = None  # a speculative reply waiting for the turn's end
+        self._tail: Samples | None = None  # the partial unit the latest reply started from
+        self._since_tail: Kept | None = None  # audio after it, while it may still rejoin a turn
+        self._checkpoint: tuple[Any, dict[str, int]] | None = None  # (model state, usage) before that tail
+        # Speech starting before this stream position continues the turn just ended (audio time, so a
+        # client sending faster than real time sees the same turns).
+        self._continuable_until: float | None = None
+        self._ended_reply_id: str | None = None
+        self._paused = False  # the turn's audio was cut at a pause: what follows waits to rejoin it
         self._frame: Image.Image | None = None
         self._in_turn = not config.turn_detection  # manual turn-taking: every sample belongs to a turn
         self._conv_index = itertools.count()
         self._conv: ConversationHandle = worker.open(self._next_conv_id())
         self._reply: Reply | None = None  # the latest reply (it may still be playing at the listener)
+        self._greeting: Reply | None = None  # the role-play's greeting, guarded at its start
+        self._pending_texts = 0
         self._replies: deque[str] = deque(maxlen=3)  # recent reply texts, for a context roll-over
         self._unit_tokens = 100  # estimate, refined by each prefill
         self._tg: asyncio.TaskGroup | None = None
@@ -150,7 +238,7 @@ class CallSession:
 
         Refuses input far ahead of what the model has consumed."""
         limit = int(self.config.max_pending_audio_s * INPUT_SAMPLE_RATE_HZ)
-        if self._pending_samples + len(samples) > limit:
+        if self._pending_samples + self._queued_samples + len(samples) > limit:
             raise ProtocolError(
                 "Audio is arriving much faster than real time; this piece was dropped.", code="input_overflow"
             )
@@ -159,8 +247,8 @@ class CallSession:
 
     @property
     def pending_audio_s(self) -> float:
-        """Audio received but not yet taken up by the call (the input lag)."""
-        return self._pending_samples / INPUT_SAMPLE_RATE_HZ
+        """Audio received but not yet taken up by the call or the model (the input lag)."""
+        return (self._pending_samples + self._queued_samples) / INPUT_SAMPLE_RATE_HZ
 
     def push_frame(self, image: Image.Image) -> None:
         """Keep only the latest camera frame (for frames arriving apart from audio, as on WebRTC);
@@ -173,6 +261,13 @@ class CallSession:
     def commit(self) -> None:
         """End the user's turn now (manual turn-taking)."""
         self._inbox.put_nowait("commit")
+
+    def text_turn(self, text: str) -> None:
+        """A typed message: it ends the user's turn and is answered like speech. Refuses a flood of them."""
+        if self._pending_texts >= MAX_PENDING_TEXTS:
+            raise ProtocolError("Messages are arriving faster than the assistant can take them; this one was dropped.")
+        self._pending_texts += 1
+        self._inbox.put_nowait("text:" + text)
 
     def close(self, reason: str = "stopped") -> None:
         self._closing = True  # a reply in flight stops after the chunk it is making (see `_reply`)
@@ -197,6 +292,7 @@ class CallSession:
                 if self.config.greeting:
                     await self._greet(self.config.greeting)
                 tg.create_task(self._input_loop(), name=f"{self.id}-input")
+                tg.create_task(self._model_loop(), name=f"{self.id}-model")
                 tg.create_task(self._duration_limit(), name=f"{self.id}-limit")
         except* SessionEnded as group:
             ended = group.exceptions[0]
@@ -225,18 +321,38 @@ class CallSession:
             if isinstance(item, str):
                 await self._control(item)
                 continue
+            if isinstance(item, _Verdict):
+                stopped = self._turns.end_turn(item.pause)  # None: the user has gone on meanwhile
+                if stopped is not None and self._in_turn:
+                    await self._turn_stopped(stopped)
+                continue
             samples, frame, self._received_at = item
             self._pending_samples -= len(samples)
             if frame is not None:
                 self._frame = frame
             await self._on_audio(samples)
 
+    async def _model_loop(self) -> None:
+        """The call's model work, in order; the input loop queues it and never waits for it."""
+        while True:
+            work = await self._work.get()
+            if isinstance(work, _Unit):
+                await self._prefill_unit(work.audio, arrived=work.arrived)
+                self._queued_samples -= len(work.audio)
+            elif isinstance(work, _StartReply):
+                await self._start_reply(work)
+            else:
+                await self._rollback(work.withdraw)
+
     async def _control(self, command: str) -> None:
         if command == "force_listen":
-            await self._interrupt()
+            self._stop_reply()
         elif command == "commit":
             if self._in_turn or self._cutter.pending_samples:
-                await self._end_turn()
+                await self._end_turn(TurnEnd("commit", 0.0))
+        elif command.startswith("text:"):
+            self._pending_texts -= 1
+            await self._end_turn(TurnEnd("text", 0.0), typed=command.removeprefix("text:"))
         elif command.startswith("close:"):
             if self._reply is not None:
                 # The reply ends after the chunk being made; a chunk still queued behind other calls'
@@ -248,45 +364,217 @@ class CallSession:
     # ---- turns -----------------------------------------------------------------------------------
 
     async def _on_audio(self, samples: Samples) -> None:
+        self._heard.push(samples)
+        self._samples_in += len(samples)
         if not self.config.turn_detection:
-            await self._feed_units(samples)
+            self._queue_audio(samples)
             return
         if len(samples) <= _INLINE_VAD_SAMPLES:
             probs = self._vad.feed(samples)  # ~0.25 ms a window: cheaper than a thread hop
         else:
             probs = await asyncio.to_thread(self._vad.feed, samples)
         events = self._turns.feed(probs)
-        fed = False
+        was_in_turn, fed = self._in_turn, False
         if not self._in_turn:
             self._preroll.push(samples)
+            self._keep_for_rejoin(samples)
         for event in events:
-            if isinstance(event, SpeechStarted) and not self._in_turn:
+            if isinstance(event, turns.SpeechStarted) and not self._in_turn:
                 if self._replying() and not self.config.barge_in:
                     continue  # the user talks over the reply, and this call does not allow barge-in
-                await self._interrupt()
+                if self._greeting_guarded():
+                    continue  # a sound as the greeting starts (noise, its own echo) does not cut it short
                 self._in_turn, fed = True, True
+                self._turn_start = event.sample_index
+                self._expect_work(True)
+                if self._continuable(event.sample_index):
+                    await self._continue_turn(event)
+                    continue
+                self._stop_reply()
+                self._continuable_until, self._since_tail = None, None
                 await self._send(protocol.SpeechStarted(audio_start_ms=_ms(event.sample_index)))
-                await self._feed_units(self._preroll.take())
-            elif isinstance(event, SpeechStopped) and self._in_turn:
-                await self._send(protocol.SpeechStopped(audio_end_ms=_ms(event.sample_index)))
-                await self._end_turn()
+                self._queue_audio(self._preroll.take())
+            elif isinstance(event, turns.SpeechPaused) and self._in_turn:
+                self._on_pause(event)
+            elif isinstance(event, turns.SpeechResumed) and self._in_turn and self._paused:
+                self._go_on()
+            elif isinstance(event, turns.SpeechStopped) and self._in_turn:
+                await self._turn_stopped(event)
         if self._in_turn and not fed:
-            await self._feed_units(samples)
+            self._queue_audio(samples)
+        elif was_in_turn and not self._in_turn:
+            self._keep_for_rejoin(samples)
 
-    async def _feed_units(self, samples: Samples) -> None:
+    def _queue_audio(self, samples: Samples) -> None:
+        """The turn's audio: into units for the model, or, while a speculation is held, kept to rejoin."""
+        if self._paused:  # cut at the pause: kept to rejoin the turn if it goes on
+            self._keep_for_rejoin(samples)
+            return
         for unit in self._cutter.feed(samples):
-            await self._prefill_unit(unit, arrived=self._received_at)
+            self._queued_samples += len(unit)
+            self._work.put_nowait(_Unit(unit, self._received_at))
 
-    async def _end_turn(self) -> None:
-        await self._interrupt()  # manual turns: a commit during a reply replaces it (one reply at a time)
+    def _keep_for_rejoin(self, samples: Samples) -> None:
+        kept = self._since_tail
+        if kept is None:
+            return
+        if not kept.add(samples):
+            self._since_tail, self._continuable_until = None, None  # too late to rejoin: keep nothing
+
+    def _kept(self) -> Kept:
+        return Kept(int(_REJOIN_MAX_S * INPUT_SAMPLE_RATE_HZ))
+
+    def _rejoin(self) -> None:
+        """The cut partial unit and the audio after it go back to the unit cutter, as if never cut."""
+        pieces = [self._tail] if self._tail is not None else []
+        pieces += self._since_tail.pieces if self._since_tail is not None else []
+        self._tail, self._since_tail = None, None
+        for piece in pieces:
+            self._queue_audio(piece)
+
+    def _on_pause(self, event: turns.SpeechPaused) -> None:
+        """The user may have finished: ask the end-of-turn model, and start the reply speculatively."""
+        assert self._tg is not None
+        if self._judge is not None:
+            pre_speech = self.config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000  # as Smart Turn was trained
+            heard = self._heard.last(self._samples_in - self._turn_start + pre_speech)
+            self._tg.create_task(self._judge_pause(event.pause, heard), name=f"{self.id}-judge")
+        # The turn's audio ends here if the turn does, speculation or not: a reply hears the same turn
+        # whether it was speculated (and whenever the decision comes); the rest waits to rejoin.
+        self._paused = True
+        self._tail, self._since_tail = self._cutter.flush(), self._kept()
+        if not self._may_speculate():
+            return
+        stats = TurnStats(compute_start_s=self._conv.compute_s)
+        hold = Hold(response_id=self._next_response_id(), started_at=self._clock())
+        stats.speculation = hold
+        self._hold = (hold, stats)
+        self._work.put_nowait(_StartReply(stats, self._tail, hold))
+
+    async def _judge_pause(self, pause: int, heard: Samples) -> None:
+        assert self._judge is not None
+        try:
+            finished = await self._judge.finished(heard)
+        except RuntimeError:  # onnxruntime's errors: the silence window decides this turn
+            logger.exception("end-of-turn model failed", extra={"session_id": self.id})
+            return
+        if finished:
+            self._inbox.put_nowait(_Verdict(pause))  # decided in order with the audio (see `_input_loop`)
+
+    def _may_speculate(self) -> bool:
+        if not (self.config.speculate and self._spec_engine is not None) or self._hold is not None:
+            return False
+        if self._replying():
+            return False
+        reserve = self.config.max_new_tokens + 32  # no roll-over may fall between a checkpoint and its use
+        return self._conv.context_tokens + 2 * self._unit_tokens + reserve <= self.config.max_context_tokens
+
+    def _go_on(self) -> None:
+        """The user went on after a pause: a held reply is rolled back, the turn's audio rejoins the cutter."""
+        self._paused = False
+        if self._hold is not None:
+            hold, _ = self._hold
+            hold.dropped = True
+            self._hold = None
+            self._work.put_nowait(_Rollback())
+        self._rejoin()
+
+    async def _turn_stopped(self, event: turns.SpeechStopped) -> None:
+        await self._send(protocol.SpeechStopped(audio_end_ms=_ms(event.sample_index)))
+        after_ms = (event.decided_at - event.sample_index) * 1000 / INPUT_SAMPLE_RATE_HZ
+        await self._end_turn(TurnEnd(event.rule, after_ms))
+
+    async def _end_turn(self, end: TurnEnd, typed: str | None = None) -> None:
+        """End the user's turn (with a typed message, if any) and start the reply."""
         self._in_turn = not self.config.turn_detection
-        stats = TurnStats(speech_end_at=self._clock(), compute_start_s=self._conv.compute_s)
-        tail = self._cutter.flush()
-        if tail is not None:  # padded when shorter than the model can take (units.pad_tail says why)
-            tail = pad_tail(tail, MIN_AUDIO_SAMPLES)
-            await self._prefill_unit(tail, arrived=stats.speech_end_at, bound_s=0.0)  # the reply waits on it
+        self._expect_work(False)
+        now = self._clock()
+        window = self.config.resume_window_s if self._spec_engine is not None else 0.0
+        # A typed message is deliberate: speech after it starts a new turn, it never continues this one.
+        continuable = window > 0 and self.config.turn_detection and typed is None
+        self._continuable_until = float("inf") if continuable else None
+        self._ended_reply_id = self._next_response_id()  # the reply a continued turn would withdraw
+        paused, self._paused = self._paused, False
+        if self._hold is not None and typed is not None:  # the held reply never heard the message
+            hold, _ = self._hold
+            hold.dropped = True
+            self._hold = None
+            self._work.put_nowait(_Rollback())
+        if self._hold is not None:  # the speculative reply is the answer: out with what it holds
+            hold, stats = self._hold
+            self._hold = None
+            stats.speech_end_at, stats.end = now, end
+            stats.reply_start_at = max(stats.reply_start_at, now)
+            await self._send(ResponseCreated(hold.response_id))
+            hold.release(now, now + FIRST_CHUNK_SLACK_S)
+            return
+        self._stop_reply()  # manual turns: a commit during a reply replaces it (one reply at a time)
+        stats = TurnStats(speech_end_at=now, compute_start_s=self._conv.compute_s, end=end)
+        if not paused:  # (after a pause the turn's audio was cut there already)
+            self._tail, self._since_tail = self._cutter.flush(), self._kept()
+        if self._continuable_until is None:
+            self._since_tail = None
+        self._work.put_nowait(_StartReply(stats, self._tail, None, typed))
+
+    def _continuable(self, sample_index: int) -> bool:
+        until = self._continuable_until
+        return until is not None and sample_index < until and self._since_tail is not None
+
+    async def _continue_turn(self, event: turns.SpeechStarted) -> None:
+        """Speech right after a reply began: the user had only paused. Withdraw the reply, go on with the turn."""
+        self._continuable_until = None
+        self._preroll.clear()  # its audio is in `_since_tail` already
+        reply = self._reply
+        if reply is None or reply.response_id != self._ended_reply_id:
+            pass  # this turn's reply has not started yet: the model loop withdraws it when it has
+        elif reply.active:
+            reply.cancel("user_continued")
+        else:  # it had finished: withdraw what the client has of it
+            if self.audio_sink is not None:
+                self.audio_sink.flush()
+            await self._send(ResponseCancelled(reply.response_id, reason="user_continued"))
+            if reply.status == "completed" and self._replies:
+                self._replies.pop()  # (the usage counters go back with the model state)
+        await self._send(protocol.SpeechStarted(audio_start_ms=_ms(event.sample_index)))
+        self._work.put_nowait(_Rollback(withdraw="user_continued"))
+        self._rejoin()
+
+    def _expect_work(self, speaking: bool) -> None:
+        """While the user speaks, their reply may be due soon after any moment: other calls must not
+        start speculations that would hold the model longer than that."""
+        if self._spec_engine is not None:
+            self._spec_engine.expect_work(self._conv, FIRST_CHUNK_SLACK_S if speaking else None)
+
+    async def _start_reply(self, work: _StartReply) -> None:
+        """Model loop: checkpoint (when the reply may be rolled back), prefill the tail, start the reply."""
+        await self._interrupt()
+        self._checkpoint = None
+        if work.hold is not None and work.hold.dropped:
+            return  # the user went on before it started: nothing to undo
+        await self._make_room(len(work.typed or "") * _TEXT_TOKENS_PER_CHAR)
+        stats = work.stats
+        if self._spec_engine is not None and (work.hold is not None or self._continuable_until is not None):
+            self._checkpoint = (await self._spec_engine.checkpoint(self._conv), dict(self.usage))
+        if work.tail is not None:  # the reply waits on it; padded if shorter than the model takes (pad_tail)
+            arrived = self._clock() if work.hold is not None else stats.speech_end_at
+            tail = pad_tail(work.tail, MIN_AUDIO_SAMPLES)
+            await self._prefill_unit(tail, arrived=arrived, bound_s=0.0, make_room=False)
+        if work.typed is not None:
+            await self._prefill_text(work.typed)
         stats.reply_start_at = self._clock()
-        self._start_reply(stats)
+        self._launch_reply(stats, work.hold)
+
+    async def _rollback(self, withdraw: str | None) -> None:
+        """Model loop: the reply ends (unsent if held) and the conversation is as before its partial unit."""
+        if withdraw is not None and self._reply is not None and self._reply.response_id == self._ended_reply_id:
+            self._reply.cancel(withdraw)
+        await self._interrupt()
+        if self._checkpoint is None or self._spec_engine is None:
+            return
+        state, usage = self._checkpoint
+        self._checkpoint = None
+        await self._spec_engine.rollback(self._conv, state)
+        self.usage = usage
 
     async def _greet(self, greeting: str) -> None:
         """Start a reply to a text turn asking for the greeting; the user can talk over it as over any reply."""
@@ -295,10 +583,25 @@ class CallSession:
         after = await self._worker.prefill(self._conv, [{"role": "user", "content": [prompt]}])
         self._count_input(after - before)
         now = self._clock()
-        self._start_reply(TurnStats(speech_end_at=now, reply_start_at=now, compute_start_s=self._conv.compute_s))
+        self._launch_reply(TurnStats(speech_end_at=now, reply_start_at=now, compute_start_s=self._conv.compute_s))
+        self._greeting = self._reply
+
+    def _greeting_guarded(self) -> bool:
+        """The greeting is the reply in hand and has not played `GREETING_GUARD_S` yet (or not begun)."""
+        greeting = self._greeting
+        if greeting is None or greeting is not self._reply or greeting.status != "completed":
+            return False
+        started = greeting.stats.first_audio_at
+        return started is None or self._clock() - started < GREETING_GUARD_S
 
     def _replying(self) -> bool:
         return self._reply is not None and self._reply.active
+
+    def _stop_reply(self) -> None:
+        """Barge-in without waiting for the model: the reply is silenced and cancelled now (it says
+        `response.listen` before its `response.done`); the model loop waits for it before its next work."""
+        if self._reply is not None:
+            self._reply.cancel()
 
     async def _interrupt(self) -> None:
         """Barge-in: stop the reply within one chunk and tell the client to drop queued audio."""
@@ -322,13 +625,14 @@ class CallSession:
         after = await self._worker.prefill(self._conv, [msg], max_slice_nums=cfg.max_slice_nums)
         self._count_input(after - before, audio=0 if ref is None else audio_tokens(len(ref)))
 
-    async def _prefill_unit(self, audio: Samples, *, arrived: float, bound_s: float = PREFILL_START_S) -> None:
+    async def _prefill_unit(
+        self, audio: Samples, *, arrived: float, bound_s: float = PREFILL_START_S, make_room: bool = True
+    ) -> None:
         # Manual turns: input during a reply talks over it. A prefill must never run under a live reply
         # generator (it could not be resumed afterwards), so the reply ends first.
         await self._interrupt()
-        reserve = self.config.max_new_tokens + 32
-        if self._conv.context_tokens + self._unit_tokens + reserve > self.config.max_context_tokens:
-            await self._roll_over()
+        if make_room:
+            await self._make_room()
         frame = self._frame if self.config.video else None
         content: list[Any] = [audio]
         if self.config.video:
@@ -347,17 +651,33 @@ class CallSession:
         vision = 0 if frame is None else image_tokens(*frame.size, self.config.max_slice_nums)
         self._count_input(added, audio=audio_tokens(len(audio)), vision=vision)
 
+    async def _make_room(self, extra_tokens: float = 0.0) -> None:
+        reserve = self.config.max_new_tokens + 32
+        needed = self._unit_tokens + extra_tokens + reserve
+        if self._conv.context_tokens + needed > self.config.max_context_tokens:
+            await self._roll_over()
+
+    async def _prefill_text(self, text: str) -> None:
+        """A typed message as the user's text turn (after any audio of the same turn)."""
+        before = self._conv.context_tokens
+        after = await self._worker.prefill(self._conv, [{"role": "user", "content": [plain_text(text)]}])
+        self._count_input(after - before)
+
     async def _roll_over(self) -> None:
         dropped = self._conv.context_tokens
         await self._worker.release(self._conv)
         self._conv = self._worker.open(self._next_conv_id())
+        self._checkpoint, self._continuable_until = None, None  # of the conversation just dropped
         recent = " ".join(self._replies)[-600:]
         note = _MEMORY_NOTE[self.config.language].format(text=recent) if recent else None
         await self._prefill_system_prompt(note)
         logger.info("context rolled over", extra={"session_id": self.id, "dropped_tokens": dropped})
         await self._send(ConversationTruncated(reason="context_full", dropped_tokens=dropped))
 
-    def _start_reply(self, stats: TurnStats) -> None:
+    def _next_response_id(self) -> str:
+        return f"resp_{len(self.turns) + 1}"
+
+    def _launch_reply(self, stats: TurnStats, hold: Hold | None = None) -> None:
         """Start the reply to the turn that just ended (one reply at a time: the last one has ended)."""
         cfg = self.config
         gen_kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "generate_audio": cfg.tts_enabled}
@@ -365,17 +685,34 @@ class CallSession:
             gen_kwargs["min_new_tokens"] = cfg.min_new_tokens
         if cfg.temperature is not None:
             gen_kwargs["temperature"] = cfg.temperature
-        reply = Reply(f"resp_{len(self.turns) + 1}", stats, send=self._send, sink=self.audio_sink, clock=self._clock)
+        rid = hold.response_id if hold is not None else self._next_response_id()
+        reply = Reply(
+            rid,
+            stats,
+            send=self._send,
+            sink=self.audio_sink,
+            clock=self._clock,
+            hold=hold,
+            on_first_audio=self._heard_at,
+        )
         assert self._tg is not None
         reply.start(
             self._tg, self._worker, self._conv, gen_kwargs, closing=lambda: self._closing, on_done=self._reply_done
         )
         self._reply = reply
 
+    def _heard_at(self, now: float) -> None:
+        """The reply's first audio went out: the user may still go on with their turn, for a moment."""
+        if self._continuable_until is not None:
+            self._continuable_until = self._samples_in + self.config.resume_window_s * INPUT_SAMPLE_RATE_HZ
+
     async def _reply_done(self, reply: Reply) -> None:
         """Keep what the reply added to the call, and say `response.done`."""
-        self._replies.append("".join(reply.text))
         self.playback_underruns += reply.playback.underruns
+        if reply.status == "cancelled":  # rolled back: neither the context nor the call's memory keeps it
+            reply.output_tokens = 0
+        else:
+            self._replies.append("".join(reply.text))
         self.usage["output_tokens"] += reply.output_tokens
         timings = reply.stats.as_dict(self._conv.compute_s, self.late_units)
         self.turns.append({"status": reply.status, **timings})

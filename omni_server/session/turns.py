@@ -15,15 +15,20 @@ Rules (Silero's own ``VADIterator`` semantics, plus a minimum speech length):
 - *Stop*: while speaking, the first window with ``prob < neg_threshold`` opens a silence; a window
   with ``prob >= threshold`` cancels it, values in between keep it running. Once the silence spans
   ``min_silence_ms``, ``SpeechStopped`` reports the silence's first sample as the end of speech.
+- *Pause*: once a silence spans ``pause_ms`` (shorter than ``min_silence_ms``), ``SpeechPaused`` says
+  the turn may be over: the caller may ask a semantic model (``end_turn`` ends the turn at once, rule
+  ``"semantic"``) and start a reply speculatively. Speech before the silence window is over gives
+  ``SpeechResumed`` for that pause; each pause has a number, so a late answer about an earlier pause
+  is told apart.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["SpeechStarted", "SpeechStopped", "TurnConfig", "TurnDetector", "TurnEvent"]
+__all__ = ["SpeechPaused", "SpeechResumed", "SpeechStarted", "SpeechStopped", "TurnConfig", "TurnDetector", "TurnEvent"]
 
 _HYSTERESIS = 0.15
 _MIN_NEG_THRESHOLD = 0.01  # as silero's get_speech_timestamps: never demand prob < 0
@@ -40,6 +45,7 @@ class TurnConfig:
     neg_threshold: float | None = None
     min_speech_ms: float = 200.0
     min_silence_ms: float = 500.0
+    pause_ms: float | None = None  # silence after which the turn may be over (SpeechPaused); None: never
     window_samples: int = 512
     sample_rate_hz: int = 16_000
 
@@ -52,9 +58,10 @@ class TurnConfig:
             object.__setattr__(self, "neg_threshold", neg)
         if not 0.0 < neg <= self.threshold:
             raise ValueError(f"neg_threshold must be in (0, threshold={self.threshold}], got {neg}")
-        if self.min_speech_ms < 0 or self.min_silence_ms < 0:
+        if self.min_speech_ms < 0 or self.min_silence_ms < 0 or (self.pause_ms or 0) < 0:
             raise ValueError(
-                f"min_speech_ms and min_silence_ms must be >= 0, got {self.min_speech_ms} and {self.min_silence_ms}"
+                "min_speech_ms, min_silence_ms and pause_ms must be >= 0, "
+                f"got {self.min_speech_ms}, {self.min_silence_ms} and {self.pause_ms}"
             )
         if self.window_samples <= 0 or self.sample_rate_hz <= 0:
             raise ValueError(
@@ -71,6 +78,14 @@ class TurnConfig:
         """Windows of silence that end a turn (at least 1)."""
         return max(1, self._windows_for(self.min_silence_ms))
 
+    @property
+    def pause_windows(self) -> int | None:
+        """Windows of silence that make a pause, or None when the silence window comes first."""
+        if self.pause_ms is None:
+            return None
+        windows = max(1, self._windows_for(self.pause_ms))
+        return windows if windows < self.min_silence_windows else None
+
     def _windows_for(self, duration_ms: float) -> int:
         samples = duration_ms * self.sample_rate_hz / 1000.0
         # Round up: "lasts at least min_*_ms"; the epsilon keeps exact multiples from rounding up again.
@@ -86,13 +101,34 @@ class SpeechStarted:
 
 @dataclass(frozen=True, slots=True)
 class SpeechStopped:
-    """A turn ended; ``sample_index`` is one past its last speech sample (the first silent one)."""
+    """A turn ended; ``sample_index`` is one past its last speech sample (the first silent one).
+
+    ``rule`` says what ended it: ``"silence"`` (``min_silence_ms`` of it) or ``"semantic"`` (``end_turn``);
+    ``decided_at`` is the stream position when it was decided."""
 
     sample_index: int
     speech_s: float
+    rule: str = "silence"
+    decided_at: int = field(default=0, compare=False)
 
 
-TurnEvent = SpeechStarted | SpeechStopped
+@dataclass(frozen=True, slots=True)
+class SpeechPaused:
+    """The speech has paused for ``pause_ms``; ``sample_index`` is the silence's first sample."""
+
+    sample_index: int
+    pause: int  # this pause's number (see ``TurnDetector.end_turn``)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechResumed:
+    """Speech came back after pause number ``pause``, before the silence window ended the turn."""
+
+    sample_index: int
+    pause: int
+
+
+TurnEvent = SpeechStarted | SpeechStopped | SpeechPaused | SpeechResumed
 
 
 class TurnDetector:
@@ -102,6 +138,8 @@ class TurnDetector:
         self.config = config if config is not None else TurnConfig()
         self._min_speech_windows = self.config.min_speech_windows
         self._min_silence_windows = self.config.min_silence_windows
+        self._pause_windows = self.config.pause_windows
+        self._pauses = 0  # pauses numbered over the detector's life, never reset
         assert self.config.neg_threshold is not None  # filled in by TurnConfig.__post_init__
         self._neg_threshold: float = self.config.neg_threshold
         self.reset()
@@ -127,6 +165,7 @@ class TurnDetector:
         self._speaking = False
         self._speech_start: int | None = None  # first window of the candidate or of the current turn
         self._silence_start: int | None = None  # first window of the running silence, while speaking
+        self._paused = False  # the running silence has been reported as pause number self._pauses
 
     def feed(self, probs: Iterable[float]) -> list[TurnEvent]:
         """Consume probabilities for the next windows, in order (a list or ``VadStream.feed``'s array)."""
@@ -150,19 +189,39 @@ class TurnDetector:
                     events.append(SpeechStarted(self._speech_start * cfg.window_samples))
             else:
                 if prob >= cfg.threshold:
-                    self._silence_start = None
+                    if self._paused:
+                        events.append(SpeechResumed(k * cfg.window_samples, self._pauses))
+                    self._silence_start, self._paused = None, False
                 elif prob < self._neg_threshold and self._silence_start is None:
                     self._silence_start = k
-                if self._silence_start is not None and k + 1 - self._silence_start >= self._min_silence_windows:
-                    assert self._speech_start is not None
-                    speech_windows = self._silence_start - self._speech_start
-                    events.append(
-                        SpeechStopped(
-                            self._silence_start * cfg.window_samples,
-                            speech_windows * cfg.window_samples / cfg.sample_rate_hz,
-                        )
-                    )
-                    self._speaking = False
-                    self._speech_start = None
-                    self._silence_start = None
+                if self._silence_start is None:
+                    continue
+                silent = k + 1 - self._silence_start
+                if silent >= self._min_silence_windows:
+                    events.append(self._stop("silence"))
+                elif silent == self._pause_windows:
+                    self._pauses += 1
+                    self._paused = True
+                    events.append(SpeechPaused(self._silence_start * cfg.window_samples, self._pauses))
         return events
+
+    def end_turn(self, pause: int) -> SpeechStopped | None:
+        """End the turn now, if the speech is still in pause number ``pause`` (rule ``"semantic"``)."""
+        if not (self._speaking and self._paused and pause == self._pauses):
+            return None
+        return self._stop("semantic")
+
+    def _stop(self, rule: str) -> SpeechStopped:
+        cfg = self.config
+        assert self._speech_start is not None and self._silence_start is not None
+        speech_windows = self._silence_start - self._speech_start
+        stopped = SpeechStopped(
+            self._silence_start * cfg.window_samples,
+            speech_windows * cfg.window_samples / cfg.sample_rate_hz,
+            rule,
+            self.samples_seen,
+        )
+        self._speaking, self._paused = False, False
+        self._speech_start = None
+        self._silence_start = None
+        return stopped

@@ -29,6 +29,7 @@ from omni_server.protocol import (
     Error,
     InputAppend,
     InputCommit,
+    InputText,
     Send,
     ServerEvent,
     SessionClose,
@@ -117,11 +118,13 @@ class CallEndpoint:
         return session
 
     def control(self, event: object, session: CallSession) -> bool:
-        """Apply a control event (listen now, commit, hang up, playback stats); False if it is not one."""
+        """Apply a control event (listen now, commit, a typed message, hang up, playback stats); False if it is not one."""
         if isinstance(event, InputAppend) and event.force_listen:
             session.force_listen()
         elif isinstance(event, InputCommit):
             session.commit()
+        elif isinstance(event, InputText):
+            session.text_turn(event.text)
         elif isinstance(event, SessionClose):
             session.close("stopped")
         elif isinstance(event, ClientStats):

@@ -35,7 +35,7 @@ from omni_server.library.store import VoiceStore
 from omni_server.media.pcm import AudioFormatError, encode_f32_base64
 from omni_server.protocol import encode_fields
 from omni_server.session.manager import SessionManager
-from omni_server.session.reading import read_aloud
+from omni_server.session.reading import read_aloud, reading_text
 from omni_server.transport import http as web
 
 logger = logging.getLogger(__name__)
@@ -194,12 +194,15 @@ class LibraryEndpoint:
         return frame
 
     async def _read(self, ws: ServerConnection, user: str | None, request: dict[str, Any]) -> None:
-        """Voice-cloning TTS: stream `tts.delta` (base64 float32, 24 kHz) then `tts.done`."""
+        """TTS in a library voice (or the built-in one: no `voice_id`): stream `tts.delta` (base64 float32,
+        24 kHz) then `tts.done`. The text is checked before the reading waits for a slot."""
         rid = request.get("id")
         language = request.get("language", "en")
         if language not in ("en", "zh"):
             raise ProtocolError("language must be 'en' or 'zh'.")
-        ref = await asyncio.to_thread(self.store.reference, _str(request, "voice_id"), user)
+        text = reading_text(_str(request, "text"))
+        voice_id = _str(request, "voice_id")
+        ref = await asyncio.to_thread(self.store.reference, voice_id, user) if voice_id else None
 
         async def on_queued(position: int, wait_s: float, length: int) -> None:
             await self._reply(ws, rid, "tts.queued", position=position, estimated_wait_s=wait_s)
@@ -213,7 +216,7 @@ class LibraryEndpoint:
                     self._calls.engine_for(reading_id),
                     reading_id,
                     ref,
-                    _str(request, "text"),
+                    text,
                     language=language,
                     max_new_tokens=self.settings.max_new_tokens,
                 )

@@ -210,13 +210,7 @@ class WebRtcEndpoint(CallEndpoint):
         pc.addTrack(reply_track)
         await pc.setLocalDescription(await pc.createAnswer())
         await signal(WebRtcAnswer(sdp=pc.localDescription.sdp))
-        try:
-            async with asyncio.timeout(self.settings.webrtc_connect_timeout_s):
-                await events.opened.wait()
-        except TimeoutError:
-            raise ProtocolError(
-                "WebRTC could not connect (no route between the browser and the server).", code="webrtc_failed"
-            ) from None
+        await self._until_connected(ws, pc, events)
 
         send = self.metrics.observe(events.send)
         session = await self.open(call_id, config, send, output_sample_rate=48000, audio_sink=reply_track)
@@ -256,6 +250,37 @@ class WebRtcEndpoint(CallEndpoint):
             finally:
                 for task in tasks:
                     task.cancel()
+
+    async def _until_connected(self, ws: ServerConnection, pc: RTCPeerConnection, events: EventChannel) -> None:
+        """Wait for the data channel, bounded by `--webrtc-connect-timeout-s` and by what happens meanwhile:
+        ICE failing ends the wait at once, and so does the caller hanging up (a page that gave up on WebRTC
+        closes this socket and calls again over the WebSocket: its slot must not stay taken)."""
+        ice_failed = asyncio.Event()
+
+        @pc.on("iceconnectionstatechange")
+        def on_ice() -> None:
+            if pc.iceConnectionState == "failed":
+                ice_failed.set()
+
+        hung_up: asyncio.Future[None] = asyncio.ensure_future(ws.wait_closed())
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(events.opened.wait()),
+            asyncio.ensure_future(ice_failed.wait()),
+            hung_up,
+        ]
+        try:
+            timeout_s = self.settings.webrtc_connect_timeout_s
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if events.opened.is_set():
+            return
+        if hung_up.done() and not hung_up.cancelled():
+            raise SessionEnded("The caller left before WebRTC connected.", code="disconnected")
+        raise ProtocolError(
+            "WebRTC could not connect (no route between the browser and the server).", code="webrtc_failed"
+        )
 
     async def _wait_for_offer(self, ws: ServerConnection, signal: Send) -> tuple[SessionInit, WebRtcOffer]:
         """Both `session.init` and `webrtc.offer`, in either order; a bad frame gets an error."""

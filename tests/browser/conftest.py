@@ -1,4 +1,4 @@
-"""Real-browser fixtures: Debian's Chromium driven by Playwright, with a fake camera and a fake mic file."""
+"""Real-browser fixtures: Debian's Chromium driven by Playwright, with fake cameras, a fake screen and a fake mic file."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from tests import speech
 
 CHROMIUM = "/usr/bin/chromium"
 FAKE_MEDIA_ARGS = [
-    "--use-fake-device-for-media-stream",
+    "--use-fake-device-for-media-stream=device-count=2",  # two cameras (and mics), so a camera can be flipped
+    "--auto-select-desktop-capture-source=Entire screen",  # getDisplayMedia picks the (fake) screen, 1920x1080
     "--allow-loopback-in-peer-connection",
     "--no-sandbox",
     "--disable-gpu",
@@ -33,16 +34,17 @@ LaunchBrowser = Callable[..., AbstractAsyncContextManager[Browser]]
 def call_wav(speech_dir: Path) -> Path:
     """The fake mic (48 kHz s16 mono): two utterances, each followed by a short pause, looped by Chromium.
 
-    Each pause (1.3 s, 1.5 s) is long enough for the server to end the turn (500 ms of silence) and start
-    its reply (about 2 s of audio), and short enough that the next utterance starts while that reply
-    still plays: every reply is barged into, whatever point of the loop the call starts at.
+    Each pause (1.7 s, 1.5 s) is long enough for the server to end the turn (800 ms of silence, or sooner
+    when the end-of-turn model is sure), start its reply (about 2 s of audio) and play it for longer than
+    the resume window (speech that soon would continue the turn), and short enough that the next
+    utterance starts while that reply still plays: every reply is barged into, wherever the loop starts.
     """
     first = speech.make_speech_wav(speech.SENTENCES[0], speech_dir / "b1.wav", rate_hz=48000, pad_s=0.3)
     second = speech.make_speech_wav(speech.SENTENCES[1], speech_dir / "b2.wav", rate_hz=48000, pad_s=0.0)
     pause1, pause2 = speech_dir / "pause1.wav", speech_dir / "pause2.wav"
     silence = ["-r", "48000", "-c", "1", "-b", "16", "-n"]
-    subprocess.run(["sox", *silence, str(pause1), "trim", "0", "1.0"], check=True)
-    subprocess.run(["sox", *silence, str(pause2), "trim", "0", "1.2"], check=True)
+    subprocess.run(["sox", *silence, str(pause1), "trim", "0", "1.4"], check=True)
+    subprocess.run(["sox", *silence, str(pause2), "trim", "0", "1.5"], check=True)
     out = speech_dir / "call48k.wav"
     subprocess.run(["sox", str(first), str(pause1), str(second), str(pause2), str(out)], check=True)
     return out

@@ -1,4 +1,5 @@
-"""The voice library in a real Chromium: record a voice with the fake microphone, save it, call in that voice."""
+"""The voice library in a real Chromium: read aloud, record a voice with the fake microphone, call in that voice,
+and a role-play call that carries its character's name."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import pytest
 
 from omni_server.app import OmniServer
 from tests.browser.conftest import LaunchBrowser
-from tests.browser.test_call import open_page, wait_js
+from tests.browser.test_call import assert_next_to, open_page, wait_js
 
 pytestmark = pytest.mark.browser
 
 
-async def test_record_a_voice_and_call_in_it(server: OmniServer, launch_browser: LaunchBrowser) -> None:
-    """Record ~8 s from the mic, the server keeps the trimmed speech, the next call uses it, and text is read in it."""
+async def test_read_aloud_record_a_voice_call_in_it_and_role_play(
+    server: OmniServer, launch_browser: LaunchBrowser
+) -> None:
+    """Text is read in the built-in voice, playing from its first chunk; ~8 s recorded from the mic become a voice
+    the next call uses and text is read in; a role-play call is titled and subtitled with its character's name."""
     async with launch_browser() as browser:
         context, page, js_errors = await open_page(browser, server)
         cookies = {c["name"]: c for c in await context.cookies()}
@@ -21,6 +25,17 @@ async def test_record_a_voice_and_call_in_it(server: OmniServer, launch_browser:
         user = server.library.identity.verify(cookies["omni_user"]["value"])
         assert user is not None
         await wait_js(page, "document.querySelectorAll('#character-select option').length === 4")  # none + 3 examples
+
+        await page.click("#tts summary")
+        await page.fill("#tts-text", "Hello, this is the built-in voice.")
+        await page.click("#tts-read")  # no voice chosen: the built-in one
+        await page.wait_for_selector("#tts-download:not([hidden])")
+        await wait_js(
+            page, "window.omniVoices.reading.startedAt !== null && window.omniVoices.reading.playedSamples > 0"
+        )
+        reading = await page.evaluate("window.omniVoices.reading")
+        assert reading["firstChunkAt"] < reading["doneAt"], reading  # playing began before the reading was complete
+        await assert_next_to(page, "#tts-read", "#tts-feedback", "Read ")
         await page.click("#voice-library summary")
         await page.fill("#voice-name", "Fake mic")
         await page.click("#record-start")
@@ -44,12 +59,21 @@ async def test_record_a_voice_and_call_in_it(server: OmniServer, launch_browser:
         await page.click("#hangup")
         await wait_js(page, "window.omni.states.includes('ended')")
 
-        await page.click("#tts summary")
         await page.fill("#tts-text", "Hello, this is my voice.")
+        first = await page.get_attribute("#tts-download", "href")
         await page.click("#tts-read")
-        await page.wait_for_selector("#tts-download:not([hidden])")
+        await page.wait_for_selector(f"#tts-download:not([hidden]):not([href='{first}'])")
         href = await page.get_attribute("#tts-download", "href")
         assert href is not None and href.startswith("blob:")
-        assert "Read" in await page.text_content("#voice-status")
+        assert "Read" in (await page.text_content("#tts-feedback") or "")
+
+        await page.select_option("#character-select", "example-ship-captain")
+        await page.click("#voice-call")
+        await wait_js(page, "window.omni.states.includes('speaking')")  # the captain greets first
+        assert await page.text_content("#call-title") == "Captain Reed"
+        assert await page.text_content("#orb-initial") == "C"
+        await wait_js(page, "document.querySelector('.subtitles .assistant .who').textContent === 'Captain Reed: '")
+        await page.click("#hangup")
+        await wait_js(page, "window.omni.closedReason === 'stopped'")
         assert js_errors == []
         await context.close()

@@ -2,32 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from typing import Any
+
+import aioice.ice
 import pytest
+from PIL import Image
 
 from omni_server.app import OmniServer
 from tests.browser.conftest import LaunchBrowser
-from tests.browser.test_call import open_page, subsequence, wait_js
+from tests.browser.test_call import DESKTOP, check_heard, open_page, subsequence, wait_js
+from tests.conftest import timeout
 
 pytestmark = pytest.mark.browser
+FALLBACK_BOUND_S = 9.0  # click → WebSocket call: media, signalling, gathering, then at most 4 s of silent ICE
 
 
-async def test_webrtc_video_call_speaks_barges_in_and_hangs_up(
-    server: OmniServer, launch_browser: LaunchBrowser
+async def test_webrtc_video_call_speaks_barges_in_shares_and_hangs_up(
+    server: OmniServer, launch_browser: LaunchBrowser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A WebRTC video call: listening → thinking → speaking with subtitles, the reply track is really played,
-    the camera reaches the model, the user's next utterance silences the reply at once, hang-up frees the call."""
+    """A WebRTC video call: listening → thinking → speaking with subtitles, the reply track is really played and
+    moves the orb, the camera reaches the model, the user's next utterance silences the reply at once and its
+    subtitle keeps only what was heard, a shared screen replaces the camera on its track, hang-up frees the call."""
+    frame_widths: list[int] = []
+    wide_frame = asyncio.Event()
+    prefill = server.worker.prefill
+
+    async def spy(conv: Any, msgs: list[dict[str, Any]], **kwargs: Any) -> int:
+        """The width of each image the model gets."""
+        frame_widths.extend(item.width for item in msgs[0]["content"] if isinstance(item, Image.Image))
+        if frame_widths and frame_widths[-1] > 640:
+            wide_frame.set()
+        return await prefill(conv, msgs, **kwargs)
+
+    monkeypatch.setattr(server.worker, "prefill", spy)
     async with launch_browser() as browser:
-        context, page, js_errors = await open_page(browser, server, transport="webrtc")
+        context, page, js_errors = await open_page(browser, server, viewport=DESKTOP, transport="webrtc")
         await page.click("#video-call")
         await wait_js(page, "window.omni && window.omni.states.includes('speaking')")
         await wait_js(page, "window.omni.subtitleChars > 0 && window.omni.rtc.heardMs > 0")
-        await wait_js(page, "window.omni.rtc.totalAudioEnergy > 0")  # the browser's own count of played audio
+        await wait_js(page, "window.omni.rtc.totalAudioEnergy > 0 && window.omni.orb.outPeak > 0.1")
         trace = await page.evaluate("window.omni")
         assert trace["transport"] == "webrtc" and "fallback" not in trace, trace.get("fallback")
         assert subsequence(["connecting", "listening", "thinking", "speaking"], trace["states"]), trace["states"]
         assert trace["events"].get("response.output_audio.delta") is None, "reply audio travels on the track"
         assert trace["rtc"]["bytesReceived"] > 0 and trace["rtc"]["totalSamplesReceived"] > 0
-        assert any(await page.locator(".subtitles .assistant").all_text_contents())
+        assert trace["orb"]["micPeak"] > 0.3
         (session,) = server.manager.sessions.values()
         assert session.audio_sink is not None
 
@@ -42,7 +63,16 @@ async def test_webrtc_video_call_speaks_barges_in_and_hangs_up(
         rtc = await page.evaluate("window.omni.rtc")
         assert rtc["audibleAfterFlushMs"] < buffer.dropped_samples * 1000 / buffer.rate_hz
         assert rtc["mutedOnFlush"] >= 1
+        check_heard(next(r for r in await page.evaluate("window.omni.replies") if r["interrupted"]))
         await wait_js(page, "window.omni.visionTokens > 0", 25)
+        assert frame_widths and max(frame_widths) <= 640  # the camera, sent at half its resolution
+
+        await page.click("#share")
+        await wait_js(page, "window.omni.sharing === true")
+        async with asyncio.timeout(timeout(30)):  # the screen replaced the camera on the same track
+            await wide_frame.wait()
+        await page.click("#share")
+        await wait_js(page, "window.omni.sharing === false")
 
         await page.click("#hangup")
         await wait_js(page, "window.omni.closedReason === 'stopped' && window.omni.states.at(-1) === 'ended'")
@@ -52,24 +82,45 @@ async def test_webrtc_video_call_speaks_barges_in_and_hangs_up(
         await context.close()
 
 
-async def test_webrtc_failure_falls_back_to_the_websocket(
+async def test_webrtc_failures_fall_back_to_the_websocket(
     server: OmniServer, launch_browser: LaunchBrowser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When the server cannot connect WebRTC the page says so and makes the same call over the WebSocket."""
-    monkeypatch.setattr(server.webrtc, "settings", _with(server, webrtc_connect_timeout_s=0.0))
+    """With UDP blocked (the server ignores every ICE packet), the page gives up within its bound, says why, makes
+    the call over the WebSocket and sends the tab's next call there at once; a server that reports
+    `webrtc_failed` is also fallen back from."""
+    monkeypatch.setattr(aioice.ice.StunProtocol, "datagram_received", lambda self, data, addr: None)
     async with launch_browser() as browser:
         context, page, js_errors = await open_page(browser, server, transport="webrtc")
         await page.click("#voice-call")
         await wait_js(page, "window.omni && window.omni.transport === 'websocket' && window.omni.sentAppends > 0")
-        assert "could not connect" in (await page.evaluate("window.omni.fallback"))
+        trace = await page.evaluate("window.omni")
+        assert "no ICE candidate pair answered" in trace["fallback"], trace["fallback"]
+        fell_back_ms = next(ms for ms, what in trace["timeline"] if what == "fallback")
+        assert fell_back_ms < timeout(FALLBACK_BOUND_S) * 1000, trace["timeline"]
+        assert any(what == "slow-connect" for _, what in trace["timeline"])  # "still connecting…" was said
+        assert "WebRTC could not connect (no network path" in (await page.text_content("#call-note") or "")
         await page.click("#hangup")
         await wait_js(page, "window.omni.closedReason === 'stopped'")
-        assert not server.manager.sessions
+
+        await page.click("#voice-call")  # the same tab: straight to the WebSocket, and it says why
+        await wait_js(page, "window.omni.closedReason === null && window.omni.sentAppends > 0")
+        trace = await page.evaluate("window.omni")
+        assert trace["transport"] == "websocket" and "no ICE candidate pair" in trace["fallbackRemembered"]
+        assert "rtc" not in trace
+        assert "earlier in this tab" in (await page.text_content("#call-note") or "")
+        await page.click("#hangup")
+        await wait_js(page, "window.omni.closedReason === 'stopped'")
         assert js_errors == []
+
+        monkeypatch.undo()
+        settings = dataclasses.replace(server.settings, webrtc_connect_timeout_s=0.0)
+        monkeypatch.setattr(server.webrtc, "settings", settings)
+        other = await context.new_page()  # a new tab remembers nothing: it tries WebRTC again
+        await other.goto(server.url("127.0.0.1"))
+        await other.click("#voice-call")
+        await wait_js(other, "window.omni && window.omni.transport === 'websocket' && window.omni.sentAppends > 0")
+        assert "could not connect" in (await other.evaluate("window.omni.fallback"))
+        await other.click("#hangup")
+        await wait_js(other, "window.omni.closedReason === 'stopped'")
+        assert not server.manager.sessions
         await context.close()
-
-
-def _with(server: OmniServer, **changes: object) -> object:
-    import dataclasses
-
-    return dataclasses.replace(server.settings, **changes)  # type: ignore[arg-type]

@@ -133,7 +133,8 @@ async def test_force_listen_interrupts_reply(server: OmniServer, question: npt.N
 async def test_speech_barges_in(tmp_path: Path, question: npt.NDArray[np.float32]) -> None:
     """The user speaking over a reply (speech made in real time) stops it and opens a new turn."""
     engine = build_tiny_engine(cost=EngineCost(audio_rtf=1.0))  # a reply takes as long as it lasts
-    async with OmniServer(server_settings(tmp_path), engine) as server:
+    # Talking at once over a reply that has just begun would continue the turn (resume_window_ms): off here.
+    async with OmniServer(server_settings(tmp_path, resume_window_ms=0), engine) as server:
         client = await RawClient.connect(server)
         await client.start()
         await client.speak(question)

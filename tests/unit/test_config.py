@@ -30,6 +30,10 @@ def test_bad_values_are_explained(tmp_path: Path) -> None:
         load_settings(["--config", str(bad)], {})
     with pytest.raises(SystemExit, match="engine"):
         load_settings(["--engine", "gpt"], {})
+    with pytest.raises(SystemExit, match="turn_pause_ms"):  # the pause must come before the silence window
+        load_settings(["--turn-pause-ms", "900"], {})
+    with pytest.raises(SystemExit, match="turn_model_threshold"):
+        load_settings([], {"OMNI_TURN_MODEL_THRESHOLD": "1.5"})
 
 
 def test_token_is_masked_when_printed() -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from omni_server.engine.tiny import build_tiny_engine
+from omni_server.engine.worker import EngineWorker
 from omni_server.metrics import ServerMetrics
 from omni_server.protocol import Error, ResponseDone, ServerEvent, SessionClosed
 
@@ -47,3 +51,23 @@ def test_engine_timings_go_to_their_histograms() -> None:
     value = metrics.registry.get_sample_value
     assert value("omni_engine_prefill_seconds_count") == 1 and value("omni_engine_chunk_seconds_count") == 1
     assert b"omni_engine_chunk_seconds_bucket" in metrics.exposition()
+
+
+async def test_a_worker_counts_its_speculations_for_metrics() -> None:
+    """A speculative reply started, then confirmed, then another dropped: started 2, used 1, discarded 1."""
+    metrics = ServerMetrics()
+    worker = EngineWorker(build_tiny_engine(seed=1), on_speculation=metrics.speculation)
+    try:
+        conv = worker.open("call")
+        await worker.prefill(conv, [{"role": "user", "content": [np.zeros(16_000, np.float32)]}])
+        used = await worker.reply(conv, speculative=True, max_new_tokens=12)
+        used.confirm(worker.now())
+        await used.close()
+        dropped = await worker.reply(conv, speculative=True, max_new_tokens=12)
+        await dropped.close()
+    finally:
+        worker.close()
+    value = metrics.registry.get_sample_value
+    assert value("omni_speculations_total", {"outcome": "started"}) == 2
+    assert value("omni_speculations_total", {"outcome": "used"}) == 1
+    assert value("omni_speculations_total", {"outcome": "discarded"}) == 1

@@ -12,6 +12,7 @@ from omni_server.errors import PayloadTooLarge, ProtocolError
 from omni_server.protocol import (
     Error,
     InputAppend,
+    InputText,
     OutputAudioDelta,
     SessionClosed,
     SessionInit,
@@ -46,6 +47,16 @@ def test_input_append_with_frames_and_force_listen() -> None:
     """input.append carries audio, optional frames and force_listen."""
     event = decode({"type": "input.append", "input": {"audio": "", "video_frames": ["x"], "force_listen": True}})
     assert event == InputAppend(audio_base64="", video_frames_base64=("x",), force_listen=True)
+
+
+def test_input_text_carries_a_typed_message() -> None:
+    """Ours: input.text holds the message as typed; empty, non-text or over-long messages are refused plainly."""
+    assert decode({"type": "input.text", "text": "Hello <|im_end|>"}) == InputText(text="Hello <|im_end|>")
+    for bad in ({}, {"text": ""}, {"text": "   "}, {"text": 42}):
+        with pytest.raises(ProtocolError, match="text"):
+            decode({"type": "input.text", **bad})
+    with pytest.raises(PayloadTooLarge, match="2000 characters"):
+        decode({"type": "input.text", "text": "a" * 2001})
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from omni_server.session.turns import SpeechStarted, SpeechStopped, TurnConfig, TurnDetector, TurnEvent
+from omni_server.session.turns import (
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+    TurnConfig,
+    TurnDetector,
+    TurnEvent,
+)
 
 W = 512  # samples per window; 32 ms at 16 kHz
 START_WINDOWS = 7  # ceil(200 ms / 32 ms)
@@ -179,3 +187,49 @@ def test_accepts_numpy_probabilities() -> None:
     """A float32 array straight from VadStream.feed is accepted."""
     events = TurnDetector().feed(np.full(START_WINDOWS, 0.9, dtype=np.float32))
     assert events == [SpeechStarted(0)]
+
+
+# ---- pauses and semantic ends -------------------------------------------------------------------
+
+PAUSE_WINDOWS = 7  # ceil(200 ms / 32 ms)
+
+
+def _paused_config() -> TurnConfig:
+    return TurnConfig(pause_ms=200, min_silence_ms=800)
+
+
+def test_a_pause_is_reported_before_the_silence_window_ends() -> None:
+    """200 ms into a silence `SpeechPaused` names its first sample; the 800 ms window then ends the turn."""
+    det = TurnDetector(_paused_config())
+    probs = [0.9] * 10 + [0.0] * 30
+    events = _feed_one_by_one(det, probs)
+    assert events[1] == (10 + PAUSE_WINDOWS - 1, SpeechPaused(10 * W, pause=1))
+    k, stopped = events[2]
+    assert isinstance(stopped, SpeechStopped) and stopped.rule == "silence" and k == 10 + 25 - 1  # ceil(800/32)
+    assert stopped.decided_at == (k + 1) * W
+
+
+def test_speech_after_a_pause_resumes_the_same_turn() -> None:
+    """Speech inside the silence window gives `SpeechResumed` for that pause and no stop."""
+    det = TurnDetector(_paused_config())
+    events = det.feed([0.9] * 10 + [0.0] * 12 + [0.9] * 5)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechPaused, SpeechResumed]
+    assert events[2] == SpeechResumed(22 * W, pause=1) and det.speaking
+
+
+def test_end_turn_ends_only_the_pause_it_was_asked_about() -> None:
+    """The semantic rule ends the turn in the pause it judged; a stale pause number changes nothing."""
+    det = TurnDetector(_paused_config())
+    det.feed([0.9] * 10 + [0.0] * 8 + [0.9] * 3 + [0.0] * 8)  # pause 1, speech again, pause 2
+    assert det.end_turn(1) is None and det.speaking
+    stopped = det.end_turn(2)
+    assert stopped is not None and stopped.rule == "semantic" and stopped.sample_index == 21 * W
+    assert stopped.decided_at == 29 * W and not det.speaking
+    assert det.feed([0.0] * 30) == []  # the silence that follows ends nothing more
+
+
+def test_no_pause_when_the_window_is_not_longer() -> None:
+    """A pause as long as the silence window is never reported: the window ends the turn first."""
+    det = TurnDetector(TurnConfig(pause_ms=500, min_silence_ms=500))
+    events = det.feed([0.9] * 10 + [0.0] * 20)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped]
