@@ -71,10 +71,10 @@ def test_unfinished_and_finished_utterances(model: SmartTurnModel, speech_dir: P
     """A clause cut off mid-sentence sounds unfinished (p < 0.5); the same sentence completed sounds finished."""
     first, rest = speech.PAUSED[language]
     half = speech.load_f32(
-        speech.make_paused_speech_wav((first,), speech_dir / f"half-{language}.wav", language=language)
+        speech.make_paused_speech_wav((first,), speech_dir / f"smart-turn-half-{language}.wav", language=language)
     )
     whole = speech.load_f32(
-        speech.make_paused_speech_wav((first, rest), speech_dir / f"whole-{language}.wav", language=language)
+        speech.make_paused_speech_wav((first, rest), speech_dir / f"smart-turn-whole-{language}.wav", language=language)
     )
     pad = int(0.5 * 16_000)  # make_paused_speech_wav's silence after the speech
     trailing = int(TRAILING_SILENCE_S * 16_000)
