@@ -9,6 +9,7 @@ engine thread's join; a second one exits at once.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import errno
@@ -16,11 +17,12 @@ import functools
 import logging
 import signal
 import ssl
+import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from omni_server.app import EngineLoader, OmniServer, RemoteEngines
-from omni_server.config import Settings, load_settings
+from omni_server.config import Settings, add_settings_arguments, load_settings
 from omni_server.engine.loader import load_engine
 from omni_server.errors import EngineError
 from omni_server.logs import setup_logging
@@ -100,8 +102,22 @@ def _print_ready(server: OmniServer) -> None:
         print(f"  Self-signed certificate: {server.cert_path} (trust it, or accept the browser warning once)\n")
 
 
+def doctor(argv: Sequence[str]) -> int:
+    """`python -m omni_server doctor [--model M] [--device D] [--dtype T]`: what stops the real model here."""
+    from omni_server.engine.doctor import main as run_doctor
+    from omni_server.engine.minicpmo import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(prog="python -m omni_server doctor", description=doctor.__doc__)
+    add_settings_arguments(parser, ("model", "device", "dtype", "config"))
+    settings = load_settings(argv, parser=parser)
+    return run_doctor(settings.model or DEFAULT_MODEL, settings.device, settings.dtype)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = load_settings(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["doctor"]:
+        raise SystemExit(doctor(args[1:]))
+    settings = load_settings(args)
     setup_logging(settings.log_level, json_lines=settings.log_json)
     for line in settings.describe():
         logger.info("setting %s", line)

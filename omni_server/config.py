@@ -47,11 +47,23 @@ class Settings:
         "loop's CPU per second of reply audio per call (the page's default path, WebRTC, sends Opus anyway).",
     )
     # Engine.
-    engine: str = _opt("auto", "auto (MiniCPM-o on a CUDA GPU, else tiny), minicpmo, or tiny.")
-    model: str = _opt("openbmb/MiniCPM-o-2_6", "Hub id or local directory of MiniCPM-o 2.6.")
-    device: str = _opt("cuda", "Device for the real model: cuda, mps or cpu.")
+    engine: str = _opt(
+        "auto",
+        "auto (MiniCPM-o when a CUDA GPU, --model or --device says so, else the tiny engine), minicpmo, or tiny.",
+    )
+    model: str = _opt(
+        "",
+        "Hub id or local directory of MiniCPM-o 2.6 (default openbmb/MiniCPM-o-2_6); naming one means the real model.",
+    )
+    device: str = _opt(
+        "auto",
+        "Device for the real model: auto (cuda, else mps, else cpu), cuda, mps or cpu; naming one means the real model.",
+    )
     dtype: str = _opt("bf16", "Weights dtype for the real model: bf16, fp16 or fp32.")
     engine_cost: str = _opt("none", "Tiny engine only: emulate the real model's speed (minicpmo-2.6, or k=v,...).")
+    engine_faults: float = _opt(
+        0.0, "Tiny engine, for tests: share of reply steps (0-1) that fail as the real model's text decoding can."
+    )
     seed: int = _opt(0, "Tiny engine weight and sampling seed.")
     warm_up: bool = _opt(True, "Run one prefill and a short reply before saying ready.")
     # Conversations.
@@ -167,13 +179,35 @@ class Settings:
         return lines
 
 
+# The options that choose and shape the engine; tools other than the server (stream_file) take these.
+ENGINE_FIELDS = (
+    "engine",
+    "model",
+    "device",
+    "dtype",
+    "engine_cost",
+    "engine_faults",
+    "seed",
+    "max_new_tokens",
+    "config",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="omni-server",
         description="Real-time voice and video assistant on MiniCPM-o 2.6. Every option can also be set as "
         "OMNI_<NAME> in the environment or in a TOML file given with --config.",
     )
+    add_settings_arguments(parser)
+    return parser
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser | Any, names: Sequence[str] | None = None) -> None:
+    """Add a flag for each named `Settings` field (all by default) to `parser` or an argument group of it."""
     for f in dataclasses.fields(Settings):
+        if names is not None and f.name not in names:
+            continue
         name = "--" + f.name.replace("_", "-")
         kind = _kind(f)
         if kind is bool:
@@ -182,13 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(name, action="append", default=None, help=f.metadata["help"])
         else:
             parser.add_argument(name, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default})")
-    return parser
 
 
-def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Defaults, then the TOML file, then `OMNI_*` variables, then flags."""
+def load_settings(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    parser: argparse.ArgumentParser | None = None,
+) -> Settings:
+    """Defaults, then the TOML file, then `OMNI_*` variables, then flags (`parser`'s, by default all of them)."""
     environ = os.environ if environ is None else environ
-    args = vars(build_parser().parse_args(argv))
+    names = {f.name for f in dataclasses.fields(Settings)}
+    parsed = vars((parser or build_parser()).parse_args(argv))
+    args = {k: v for k, v in parsed.items() if k in names}
     config_path = args.get("config") or environ.get("OMNI_CONFIG")
     values: dict[str, Any] = {}
     if config_path:
@@ -260,7 +299,8 @@ def _port_range_ok(text: str) -> bool:
 def _validated(s: Settings) -> Settings:
     checks = [
         (s.engine in ("auto", "minicpmo", "tiny"), "engine must be auto, minicpmo or tiny"),
-        (s.device in ("cuda", "mps", "cpu"), "device must be cuda, mps or cpu"),
+        (s.device in ("auto", "cuda", "mps", "cpu"), "device must be auto, cuda, mps or cpu"),
+        (0.0 <= s.engine_faults <= 1.0, "engine_faults must be between 0 and 1"),
         (s.event_loop in ("auto", "asyncio", "uvloop"), "event_loop must be auto, asyncio or uvloop"),
         (s.dtype in ("bf16", "fp16", "fp32"), "dtype must be bf16, fp16 or fp32"),
         (0 < s.port < 65536 or s.port == 0, "port must be 0..65535"),

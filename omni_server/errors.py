@@ -12,6 +12,7 @@
     ├── SessionRefused             no session was made (auth, queue full, shutting down)
     ├── SessionEnded               a server-side limit ended a live session (duration, idle, ...)
     └── EngineError                the model failed while serving one session; that session ends
+        └── ReplyFailed            the model failed inside one reply, its state intact; only that reply ends
 
 One function, `error_payload`, turns any exception into the `{code, message}` pair a client sees;
 anything that is not an `OmniError` becomes `internal_error` with no internals in the message.
@@ -86,6 +87,12 @@ class SessionEnded(OmniError):
 
 class EngineError(OmniError):
     code = "engine_error"
+
+
+class ReplyFailed(EngineError):
+    """A reply failed but the conversation's model state is intact: `response.done` says `failed`, the call goes on."""
+
+    code = "reply_failed"
 
 
 def error_payload(exc: BaseException) -> dict[str, str]:

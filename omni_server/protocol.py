@@ -406,7 +406,7 @@ class ResponseCancelled(ServerEvent):
 @dataclass(frozen=True)
 class ResponseDone(ServerEvent):
     type: ClassVar[str] = "response.done"
-    response: dict[str, Any]  # {id, status, output_tokens, usage}
+    response: dict[str, Any]  # {id, status, output_tokens, usage, reason (status "failed" only)}
     timings: dict[str, Any]
 
 

@@ -16,9 +16,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from omni_server.config import load_settings
+from omni_server.config import ENGINE_FIELDS, add_settings_arguments, load_settings
 from omni_server.engine.loader import load_engine
 from omni_server.engine.worker import EngineWorker
+from omni_server.errors import EngineError
+from omni_server.logs import setup_logging
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import Error, OutputAudioDelta, OutputTextDelta, ResponseDone, ServerEvent
 from omni_server.session.session import CallConfig, CallSession
@@ -84,17 +86,28 @@ async def stream(
     return "".join(text), (np.concatenate(audio) if audio else np.zeros(0, np.float32))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """This tool's own arguments, and the server's engine options (the same flags, `OMNI_*` and TOML keys)."""
     parser = argparse.ArgumentParser(prog="python -m omni_server.stream_file", description=__doc__.splitlines()[0])
     parser.add_argument("video", help="a video file with an audio track (mp4, mkv, webm, ...)")
     parser.add_argument("--out", default="reply.wav", help="where to write the reply's speech (24 kHz WAV)")
     parser.add_argument("--language", default="en", choices=("en", "zh"))
-    args, rest = parser.parse_known_args(argv)
-    settings = load_settings(rest)
+    add_settings_arguments(parser.add_argument_group("engine (as for the server)"), ENGINE_FIELDS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = load_settings(argv, parser=parser)
+    setup_logging(settings.log_level, json_lines=settings.log_json)
     import soundfile as sf
 
     units = read_units(args.video)
-    engine = load_engine(settings)
+    try:
+        engine = load_engine(settings)
+    except EngineError as e:
+        raise SystemExit(f"Cannot start the engine: {e.message}") from None
     print(engine.info.banner(), file=sys.stderr)
     worker = EngineWorker(engine)
     try:

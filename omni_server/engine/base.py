@@ -9,7 +9,7 @@ Facts of the contract (see shared/research/minicpmo_api.md, official_code_run.md
 - `streaming_prefill` returns None; a new `session_id` resets the KV cache;
 - `streaming_generate` never checks `session_id` and returns a lazy generator of objects with `text`,
   `audio_wav` (1-D float32 CPU torch tensor at 24 kHz) and `sampling_rate`, or of `{"text": ...}` dicts;
-- text may carry literal special tokens such as `<|tts_eos|>`;
+- text may carry any special token and control characters (`Engine.clean_text` removes them);
 - an abandoned generator must never be resumed after a new prefill.
 
 Must not import: sockets, websockets, aiortc, anything from `omni_server.session` or `.transport`.
@@ -17,9 +17,12 @@ Must not import: sockets, websockets, aiortc, anything from `omni_server.session
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,6 +30,9 @@ import numpy.typing as npt
 
 INPUT_SAMPLE_RATE_HZ = 16_000
 OUTPUT_SAMPLE_RATE_HZ = 24_000
+# The shortest audio item a prefill takes: the audio encoder's pooling fails on 320 samples (20 ms) or
+# fewer ("RuntimeError: ... Output size is too small"), observed on the real code.
+MIN_AUDIO_SAMPLES = 321
 
 # The model object's per-conversation streaming state (MiniCPMO.reset_session sets exactly these).
 STATE_ATTRS: tuple[str, ...] = (
@@ -41,8 +47,8 @@ STATE_ATTRS: tuple[str, ...] = (
 MODES = ("default", "omni", "audio_assistant", "audio_roleplay", "voice_cloning")
 LANGUAGES = ("en", "zh")
 
-# Special tokens the model may leave in its text; never shown to a user.
-_SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>|</?(?:unit|query|asr|ref|box|quad|point|image|slice)>")
+# Control characters a reply may carry (random or confused sampling); tab and newline are text.
+_CONTROL = "[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]"
 
 
 class OmniModel(Protocol):
@@ -112,10 +118,17 @@ class Engine:
     info: EngineInfo
     # Extra per-conversation attributes this model keeps (the tiny engine's sampling generator).
     extra_state_attrs: tuple[str, ...] = field(default=())
+    # Entered around every model call (the worker's): the real model's CUDA redirect on cpu/mps (devices.py).
+    call_scope: Callable[[], AbstractContextManager[object]] = field(default=contextlib.nullcontext)
 
     @property
     def state_attrs(self) -> tuple[str, ...]:
         return STATE_ATTRS + self.extra_state_attrs
+
+    @cached_property
+    def clean_text(self) -> TextCleaner:
+        """What turns the model's raw text into text for a user (built once from this tokenizer)."""
+        return TextCleaner(self.tokenizer)
 
 
 @dataclass(frozen=True)
@@ -133,8 +146,8 @@ class OutputChunk:
 _EMPTY_AUDIO = np.zeros(0, dtype=np.float32)
 
 
-def to_output_chunk(item: Any) -> OutputChunk:
-    """Normalise one item of `streaming_generate` (an `OmniOutput` or a `{"text"}` dict)."""
+def to_output_chunk(item: Any, clean_text: Callable[[str], str]) -> OutputChunk:
+    """Normalise one item of `streaming_generate` (an `OmniOutput` or a `{"text"}` dict); `clean_text` its text."""
     if isinstance(item, dict):
         text, wav = item.get("text", ""), item.get("audio_wav")
     else:
@@ -148,9 +161,23 @@ def to_output_chunk(item: Any) -> OutputChunk:
     return OutputChunk(text=clean_text(text or ""), audio=audio)
 
 
-def clean_text(text: str) -> str:
-    """Drop special tokens (`<|tts_eos|>`, ...) the model leaves in its raw text."""
-    return _SPECIAL_TOKEN.sub("", text).replace("\ufffd", "")
+class TextCleaner:
+    """Removes from model text every special and added token its tokenizer knows, and control characters.
+
+    The tokenizer is asked (`all_special_tokens`, `get_added_vocab()`), so tokens such as `<image_id>` or
+    `<reserved_53>` go too, without a list kept here; whitespace-only added tokens are text and stay.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        known = set(getattr(tokenizer, "all_special_tokens", ()))
+        if hasattr(tokenizer, "get_added_vocab"):
+            known |= set(tokenizer.get_added_vocab())
+        tokens = sorted((t for t in known if t and not t.isspace()), key=len, reverse=True)
+        self.tokens = tuple(tokens)
+        self._pattern = re.compile("|".join([*map(re.escape, tokens), _CONTROL]))
+
+    def __call__(self, text: str) -> str:
+        return self._pattern.sub("", text)
 
 
 def kv_bytes_per_token(config: Any, element_bytes: int) -> int:

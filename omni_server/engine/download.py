@@ -3,8 +3,8 @@
 A first run downloads the snapshot (about 17 GB) with huggingface_hub's own progress bars; an
 interrupted download resumes where it stopped on the next start. After that the server works
 offline: from a local directory (`--model /path/to/snapshot`) or from the warm cache with
-`HF_HUB_OFFLINE=1`. Each way a start can fail gets its own plain-words message, and a GPU that lacks
-the memory is refused before anything is downloaded or loaded.
+`HF_HUB_OFFLINE=1`. Each way a start can fail gets its own plain-words message (a device that lacks
+the memory is refused before anything is downloaded: `devices.py`).
 
 Must not import: torch (the caller passes what it measured), sockets of our own, omni_server.session.
 """
@@ -18,20 +18,6 @@ from omni_server.errors import EngineError
 
 logger = logging.getLogger(__name__)
 REQUIRED_ASSETS = ("assets/Vocos.pt", "assets/chattts_tokenizer")
-# Weights plus the working set of one call's caches and the TTS, measured on the official demo.
-GPU_NEED_GIB = {"bf16": 19.0, "fp16": 19.0, "fp32": 36.0}
-
-
-def check_gpu_memory(free_bytes: int, total_bytes: int, dtype: str) -> None:
-    """Refuse before loading when the GPU has less free memory than the model needs."""
-    need = GPU_NEED_GIB[dtype]
-    free_gib, total_gib = free_bytes / 2**30, total_bytes / 2**30
-    if free_gib < need:
-        raise EngineError(
-            f"Not enough GPU memory: MiniCPM-o 2.6 in {dtype} needs about {need:.0f} GiB, and only "
-            f"{free_gib:.1f} of {total_gib:.1f} GiB are free. Stop other GPU processes (see nvidia-smi), "
-            "or use --engine tiny to try the server without the model."
-        )
 
 
 def model_dir(model: str, *, offline: bool, cache_dir: str | None = None) -> Path:

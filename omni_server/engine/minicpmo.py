@@ -1,21 +1,25 @@
-"""The real engine: MiniCPM-o 2.6 from the hub or a local directory, with its remote code.
+"""The real engine: MiniCPM-o 2.6 from the hub or a local directory, with its remote code, on cuda, cpu or mps.
 
-Its remote code needs transformers 4.44.x (4.48 breaks its TTS, 4.49 fails at import) and hard-codes
-CUDA in a few TTS lines, so loading checks both and says plainly what is wrong instead of failing deep
-inside the model. Where the files come from (directory, cache, download) and the GPU memory check
-are in `download.py`.
+Before anything is downloaded or loaded, doctor's checks (`doctor.py`: GPU and driver, torch and torchaudio
+builds, transformers 4.44.x, assets, memory) say plainly what would fail deep inside the model. Its six hard-coded CUDA
+placements follow the chosen device through `devices.CudaRedirect`, entered around loading and around
+every model call (`Engine.call_scope`); the code itself is used unchanged. Where the files come from
+(directory, cache, download) is in `download.py`; memory needs per device in `devices.py`.
 
 Must not import: sockets, websockets, aiortc, omni_server.session, omni_server.transport.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from pathlib import Path
+from contextlib import AbstractContextManager
 from typing import Any
 
 from omni_server.engine.base import Engine, EngineInfo, kv_bytes_per_token
-from omni_server.engine.download import check_assets, check_gpu_memory, model_dir
+from omni_server.engine.devices import CPU_SPEED_NOTE, CudaRedirect
+from omni_server.engine.doctor import Probes, diagnose, failures
+from omni_server.engine.download import model_dir
 from omni_server.errors import EngineError
 
 logger = logging.getLogger(__name__)
@@ -23,49 +27,46 @@ DEFAULT_MODEL = "openbmb/MiniCPM-o-2_6"
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def check_environment(model: str, device: str) -> None:
-    """Refuse early, with a clear message, what the model's remote code cannot run on."""
-    import torch
-    import transformers
+def check_environment(model: str, device: str, dtype: str = "bf16", probes: Probes | None = None) -> None:
+    """Refuse early, in plain sentences, what stops the model's code here (doctor's checks, `doctor.py`)."""
+    problems = failures(diagnose(model, device, dtype, probes or Probes.here()))
+    if problems:
+        raise EngineError(" ".join(problems))
 
-    version = tuple(int(p) for p in transformers.__version__.split(".")[:2])
-    if version != (4, 44):
-        raise EngineError(
-            f"MiniCPM-o 2.6's code needs transformers 4.44.x, found {transformers.__version__}: "
-            "run `pip install -r requirements_o2.6.txt` (4.48 breaks its speech output, 4.49 fails at import)."
-        )
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EngineError("No CUDA GPU is visible. Use --engine tiny to try the server without one.")
-    if device != "cuda":
-        raise EngineError(
-            f"MiniCPM-o 2.6's speech output hard-codes CUDA in its TTS code, so it cannot stream speech on "
-            f"{device!r}. Run it on a CUDA GPU, or use --engine tiny."
-        )
-    if Path(model).is_dir():
-        check_assets(Path(model))
+
+def device_scope(device: str) -> AbstractContextManager[object]:
+    """What every model call is wrapped in: nothing on CUDA, the CUDA redirect elsewhere."""
+    return contextlib.nullcontext() if device == "cuda" else CudaRedirect(device)
 
 
 def load_minicpmo(model: str = DEFAULT_MODEL, *, device: str = "cuda", dtype: str = "bf16") -> Engine:
-    """Load MiniCPM-o 2.6 ready to stream (downloads with progress bars on first use)."""
-    check_environment(model, device)
+    """Load MiniCPM-o 2.6 ready to stream on `device` (downloads with progress bars on first use)."""
+    check_environment(model, device, dtype)  # before a 17 GB download, not after
     import torch
     from huggingface_hub import constants
     from transformers import AutoModel, AutoTokenizer
 
     torch_dtype = getattr(torch, _DTYPES[dtype])
-    check_gpu_memory(*torch.cuda.mem_get_info(), dtype)  # before a 17 GB download, not after
+    if device != "cuda":
+        logger.warning("MiniCPM-o 2.6 on %s: %s", device, CPU_SPEED_NOTE)
     path = model_dir(model, offline=constants.HF_HUB_OFFLINE)
+    scope = device_scope(device)
     try:
-        llm: Any = AutoModel.from_pretrained(
-            path, trust_remote_code=True, attn_implementation="sdpa", torch_dtype=torch_dtype
-        )
-        llm = llm.eval().to(device)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-        llm.init_tts()
+        with scope:
+            llm: Any = AutoModel.from_pretrained(
+                path, trust_remote_code=True, attn_implementation="sdpa", torch_dtype=torch_dtype
+            )
+            llm = llm.eval().to(device)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+            llm.init_tts()
     except torch.cuda.OutOfMemoryError as e:
         raise EngineError("Not enough GPU memory to load MiniCPM-o 2.6 (about 19 GiB in bf16).") from e
     except ImportError as e:
         raise EngineError(f"MiniCPM-o 2.6's code could not import: {e}. Check requirements_o2.6.txt.") from e
+    except Exception as e:  # the boundary of the model's own code: one sentence here, the traceback at debug
+        logger.debug("loading %s failed", path, exc_info=True)
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise EngineError(f"MiniCPM-o 2.6 could not be loaded from {path}: {type(e).__name__}: {first_line}") from e
     # Qwen2-7B inside: 28 layers × 4 KV heads × 128 × (key + value) × 2 bytes = 56 KiB per token in bf16/fp16.
     per_token = kv_bytes_per_token(llm.config, element_bytes=torch_dtype.itemsize)
     info = EngineInfo(
@@ -76,4 +77,4 @@ def load_minicpmo(model: str = DEFAULT_MODEL, *, device: str = "cuda", dtype: st
         replies_are_noise=False,
         kv_bytes_per_token=per_token,
     )
-    return Engine(model=llm, tokenizer=tokenizer, info=info)
+    return Engine(model=llm, tokenizer=tokenizer, info=info, call_scope=lambda: scope)

@@ -1,34 +1,45 @@
 """The tiny engine: a small random-weight torch model that honours MiniCPM-o 2.6's streaming contract.
 
-Owns `TinyOmniModel`, its byte-level tokenizer and `build_tiny_engine`. Tests and machines without a GPU
-run it in place of the real model, so everything above `engine/base.py` is exercised as with MiniCPM-o 2.6
-(shared/research/minicpmo_api.md §1.2-1.6, §2.3-2.4; official_code_run.md §0, §4):
+Owns `TinyOmniModel` and `build_tiny_engine`; its tokenizer and sampling are in `tiny_text.py`, its
+speech side in `tiny_speech.py`. Tests and machines without a GPU run it in place of the real model, so
+everything above `engine/base.py` is exercised as with MiniCPM-o 2.6, failures and endings included
+(shared/research/minicpmo_api.md §1.2-1.6, §2.3-2.4; official_code_run.md §0, §4; the real code was
+run on a tiny random snapshot to check each point below):
 
 - real torch modules with seeded random weights: a transformers `Qwen2ForCausalLM` (hidden 64, 2 layers,
   4 heads, 2 KV heads) with a real KV cache kept as the legacy tuple in `llm_past_key_values`
   (`[0][0].shape[2]` = context length); an audio path (log-mel, 16 kHz, hop 160 → convs → one streaming
   attention layer whose cache is `audio_past_key_values`, a `DynamicCache` updated in place within a user
-  turn as the real encoder's is → 25 embeddings per second, 27 tokens with its tags); an image path (resize to 32×32, 4×4 patches → 64 embeddings, 66 tokens); a speech head that turns
-  LLM hidden states into 25 codes per TTS step and every code into 512 samples of 24 kHz audio (±0.1).
+  turn as the real encoder's is → 25 embeddings per second, 27 tokens with its tags); an image path
+  (resize to 32×32, 4×4 patches → 64 embeddings, 66 tokens per overview or slice, images sliced as the
+  real processor slices them when `max_slice_nums` > 1: `placeholders.py`); a speech head that turns
+  LLM hidden states into 25 codes per TTS step, 512 samples of 24 kHz audio per code.
 - the real prompt strings, turn tags, validation, session reset, lazy generators, 3-token LLM chunks,
-  held-back incomplete UTF-8, and the audio chunk pattern 10752, 2048, 12800…, 512·k samples.
+  held-back incomplete UTF-8, the audio chunk pattern 10752, 2048, 12800…, 512·k, and TTS segments.
+- the real failures: audio of 320 samples or fewer in a prefill raises the encoder's RuntimeError
+  ("... Output size is too small"); token id 0 ("!") is dropped from decoded text, and a chunk left empty
+  raises `_decode_text`'s IndexError before its cache is kept (`faults` raises it on purpose at a rate,
+  for tests: `--engine-faults`); beam search (`sampling=False`) raises RuntimeError on first use.
+- the real endings: the speech side usually samples its end first and cuts the text (tiny_speech.py), so
+  the next turn usually gets the `<|tts_eos|><|im_end|>` prefix; speech goes on after the text ends.
 
 Made-up parts, documented here because a test may meet them:
-- *When a reply ends.* Random weights rarely sample an end token, so the LLM gets a deterministic bias:
-  `<|tts_eos|>` scores `max(logits) + 0.25 · (n − 30)` after n generated tokens, and `<|im_end|>` always
-  follows `<|tts_eos|>`. Replies end on their own after 26–40 tokens (median 34 over 40 turns), about
-  100 codes or 2 s of speech; `max_new_tokens` cuts them shorter, `min_new_tokens` ≥ 3 never lets them end.
+- *When the text ends.* Random weights rarely sample an end token, so the LLM gets a deterministic bias:
+  `<|tts_eos|>` scores `max(logits) + 0.25 · (n − 45)` after n generated tokens, and `<|im_end|>` always
+  follows `<|tts_eos|>`: the text would end after 41–55 tokens, but the speech side ends about two
+  replies in three before that (40% per TTS step from the third; 27 of 40 turns; speech median 2.0 s,
+  p95 3.1 s, at least 1.1 s). `max_new_tokens` cuts replies shorter; `min_new_tokens` ≥ 3 lets neither
+  side end them early (benchmarks' long replies).
 - *What the text looks like.* Sampling is masked to well-formed UTF-8: printable ASCII, Latin-1 letters
-  (2 bytes) and CJK (3 bytes), so replies are readable noise whose characters span chunk boundaries.
-- *How long the speech is.* One TTS step (25 codes, 0.533 s) runs each time 10 more text tokens exist;
-  after the LLM ends, steps go on until the reply has 3 codes (64 ms) per text token, at least 8 codes.
+  (2 bytes) and CJK (3 bytes), plus, rarely (a logit offset of −1), any special token other than the
+  turn tags and control characters, as a real reply may carry (about 4% and 2% of the text).
+- *How long the speech is.* After the text ends, steps go on until the segment has 3 codes (64 ms) per
+  spoken text token, at least 8 codes.
 - *Per-conversation randomness.* Sampling draws from `sampling_rng`, a `torch.Generator` seeded from the
   engine seed and the session id, so a conversation's output depends only on its own inputs. All
   per-conversation state lives in `STATE_ATTRS + ("sampling_rng", "last_prompt_text")`.
 
-Not reproduced: image slicing (`max_slice_nums` > 1 still gives one 66-token image), TTS segments for
-replies over ~120 TTS tokens, the TTS's audio EOS cutting the LLM short, the dropped "!" (token id 0),
-number-to-words, beam search (`sampling=False` raises RuntimeError on first use, as the real code crashes).
+Not reproduced: number-to-words in the speech, `<|tts_eos|>` text leaking past its chunk.
 
 Speed on the 2-core dev CPU (shared, so ±20%), cost "none", torch threads 1 / 2, by context length:
 
@@ -48,9 +59,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,34 +69,43 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers  # type: ignore[import-untyped]
 from torch import nn
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.audio_utils import mel_filter_bank
 from transformers.cache_utils import DynamicCache
-from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
-from transformers.utils import ModelOutput
 
 from omni_server.engine.base import (
     INPUT_SAMPLE_RATE_HZ,
-    OUTPUT_SAMPLE_RATE_HZ,
+    MIN_AUDIO_SAMPLES,
     Engine,
     EngineInfo,
+    context_tokens,
     kv_bytes_per_token,
 )
 from omni_server.engine.cost import EngineCost
+from omni_server.engine.placeholders import (
+    AUDIO_HOP,
+    IMAGE_QUERY_TOKENS,
+    audio_placeholder,
+    audio_token_count,
+    image_placeholder,
+    slice_grid,
+)
 from omni_server.engine.prompts import sys_prompt
+from omni_server.engine.tiny_speech import HIDDEN, LlmChunk, OmniOutput, SpeechHead, speak
+from omni_server.engine.tiny_text import (
+    SPECIAL_TOKENS,
+    TextSampling,
+    build_tiny_tokenizer,
+    byte_of,
+    utf8_after,
+    utf8_masks,
+)
+
+__all__ = ["SPECIAL_TOKENS", "OmniOutput", "TinyOmniModel", "build_tiny_engine", "build_tiny_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = (
-    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<unk>", "<unit>", "</unit>", "<image>", "</image>",
-    "<slice>", "</slice>", "<|audio_start|>", "<|audio|>", "<|audio_end|>", "<|spk_bos|>", "<|spk|>",
-    "<|spk_eos|>", "<|tts_bos|>", "<|tts_eos|>", "<|listen|>", "<|speak|>", "<|interrupt|>",
-    "<|vad_start|>", "<|vad_end|>", "<reserved_53>",
-)  # fmt: skip
-# Whole-word tokens, as in Qwen's vocabulary, so turn tags cost what they cost there ("<|im_start|>user\n" = 3).
-_WORDS = ("user", "assistant", "system")
 EXTRA_STATE_ATTRS = ("sampling_rng", "last_prompt_text")
 GENERATE_PROMPT = "<|im_end|>\n<|im_start|>assistant\n<|spk_bos|><|spk|><|spk_eos|><|tts_bos|>"
 _AUDIO_SLOT, _IMAGE_SLOT = "(<audio>./</audio>)", "(<image>./</image>)"
@@ -93,65 +113,10 @@ _SLOTS = re.compile(r"(\(<audio>\./</audio>\)|\(<image>\./</image>\))")
 _SAMPLING = {"top_p": 0.8, "top_k": 100, "temperature": 0.7, "do_sample": True, "repetition_penalty": 1.05}
 _BEAMS = {"num_beams": 3, "repetition_penalty": 1.2}
 
-HIDDEN = 64
 LLM_CHUNK_TOKENS = 3  # the real code calls llm.generate(max_new_tokens=3) per chunk
-EOS_ONSET_TOKENS, EOS_SLOPE = 30, 0.25
-IMAGE_TOKENS, IMAGE_SIDE, PATCH = 64, 32, 4
-AUDIO_TOKENS_PER_S, HOP = 25, 160
+EOS_ONSET_TOKENS, EOS_SLOPE = 45, 0.25
+IMAGE_SIDE, PATCH = 32, 4
 ENCODER_POSITIONS = 1500  # the Whisper encoder's 30 s; the streaming cache resets beyond it
-TTS_TEXT_TOKENS, TTS_STEP_CODES, SAMPLES_PER_CODE, CROSSFADE = 10, 25, 512, 2048
-CODES_PER_TEXT_TOKEN, MIN_CODES, MAX_CODES, NUM_CODES = 3, 8, 2048, 626
-
-
-def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer built offline: 256 byte tokens, a few whole words, every special token."""
-    byte_chars = bytes_to_unicode()
-    vocab = {byte_chars[b]: b for b in range(256)}
-    merges: list[tuple[str, str]] = []
-    for word in _WORDS:
-        for i in range(2, len(word) + 1):
-            merges.append((word[: i - 1], word[i - 1]))
-            vocab.setdefault(word[:i], len(vocab))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token="<unk>",
-        additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<|im_start|>", "<|im_end|>")],
-        clean_up_tokenization_spaces=False,
-    )
-
-
-@dataclass
-class OmniOutput(ModelOutput):  # type: ignore[misc]  # untyped base
-    """One piece of a spoken reply, as the real model's `OmniOutput`: attributes and item access."""
-
-    text: str | None = None
-    spk_embeds: torch.Tensor | None = None
-    audio_wav: torch.Tensor | None = None
-    sampling_rate: int | None = None
-
-
-def audio_token_count(n_samples: int) -> int:
-    """`<unk>`s for `n_samples` of 16 kHz audio: the real processor's arithmetic (25 per second)."""
-    frames = -(-n_samples // HOP)
-    return ((frames - 1) // 2 + 1 - 2) // 2 + 1 if frames > 0 else 0
-
-
-def audio_placeholder(n_samples: int) -> str:
-    """The tokens an audio item becomes: per started second, `<|audio_start|>` + ≤25 `<unk>` + `<|audio_end|>`."""
-    total, groups = audio_token_count(n_samples), []
-    for start in range(0, total, AUDIO_TOKENS_PER_S):
-        groups.append("<|audio_start|>" + "<unk>" * min(AUDIO_TOKENS_PER_S, total - start) + "<|audio_end|>")
-    return "".join(groups)
-
-
-IMAGE_PLACEHOLDER = "<image>" + "<unk>" * IMAGE_TOKENS + "</image>"
 
 
 class _AudioEncoder(nn.Module):
@@ -174,9 +139,9 @@ class _AudioEncoder(nn.Module):
         self.heads = heads
 
     def forward(self, wav: torch.Tensor, past: DynamicCache | None) -> tuple[torch.Tensor, DynamicCache]:
-        frames = -(-wav.shape[0] // HOP)
-        padded = F.pad(wav, (0, frames * HOP - wav.shape[0]))
-        spec = torch.stft(padded, 400, HOP, window=self.window, return_complex=True)
+        frames = -(-wav.shape[0] // AUDIO_HOP)
+        padded = F.pad(wav, (0, frames * AUDIO_HOP - wav.shape[0]))
+        spec = torch.stft(padded, 400, AUDIO_HOP, window=self.window, return_complex=True)
         logmel = (self.mel @ spec[:, :frames].abs().square()).clamp(min=1e-10).log10()
         logmel = (torch.maximum(logmel, logmel.max() - 8.0) + 4.0) / 4.0
         x = F.gelu(self.conv2(F.gelu(self.conv1(logmel[None])))).transpose(1, 2)  # (1, T, width)
@@ -205,92 +170,26 @@ class _ImageEncoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.patch = nn.Linear(PATCH * PATCH * 3, HIDDEN)
-        self.pos = nn.Parameter(torch.randn(IMAGE_TOKENS, HIDDEN) * 0.02)
+        self.pos = nn.Parameter(torch.randn(IMAGE_QUERY_TOKENS, HIDDEN) * 0.02)
 
     def forward(self, image: Image.Image) -> torch.Tensor:
         small = image.convert("RGB").resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
         pixels = torch.from_numpy(np.asarray(small, dtype=np.float32) / 127.5 - 1.0)
         grid = IMAGE_SIDE // PATCH
-        patches = pixels.reshape(grid, PATCH, grid, PATCH, 3).permute(0, 2, 1, 3, 4).reshape(IMAGE_TOKENS, -1)
+        patches = pixels.reshape(grid, PATCH, grid, PATCH, 3).permute(0, 2, 1, 3, 4).reshape(IMAGE_QUERY_TOKENS, -1)
         embeds: torch.Tensor = self.patch(patches) + self.pos
         return embeds
-
-
-class _SpeechHead(nn.Module):
-    """The TTS stand-in: an LLM hidden state → `k` audio codes (sampled) → 512 samples of 24 kHz audio per code."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cond = nn.Linear(HIDDEN, NUM_CODES - 1)  # the last code id is the real TTS's audio EOS
-        self.pos = nn.Parameter(torch.randn(TTS_STEP_CODES, NUM_CODES - 1))
-        self.code_emb = nn.Embedding(NUM_CODES, 32)
-        self.frame = nn.Linear(32, SAMPLES_PER_CODE)
-
-    def codes(self, cond: torch.Tensor, k: int, rng: torch.Generator | None) -> torch.Tensor:
-        probs = torch.softmax(self.cond(cond) + self.pos[:k], dim=-1)
-        return torch.multinomial(probs, 1, generator=rng)[:, 0]
-
-    def waveform(self, codes: torch.Tensor) -> torch.Tensor:
-        return (torch.tanh(self.frame(self.code_emb(codes))) * 0.1).reshape(-1)
-
-
-@dataclass
-class _LlmChunk:
-    """What one 3-token LLM step gives the reply generators."""
-
-    text: str
-    hidden_states: tuple[tuple[torch.Tensor, ...], ...] | None  # first chunk only, as the real model's
-    speech_tokens: int  # text tokens before `<|tts_eos|>` (what the TTS speaks)
-    last_hidden: torch.Tensor  # the newest token's last-layer state, conditions the speech head
-
-
-@dataclass(frozen=True)
-class _Sampling:
-    """The real `generation_config` keys this model honours, and the logits warpers of `llm.generate`."""
-
-    do_sample: bool
-    temperature: float
-    top_k: int
-    top_p: float
-    repetition_penalty: float
-    min_new_tokens: int
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> _Sampling:
-        return cls(
-            do_sample=bool(config.get("do_sample", False)),
-            temperature=float(config.get("temperature", 1.0)),
-            top_k=int(config.get("top_k", 0)),
-            top_p=float(config.get("top_p", 1.0)),
-            repetition_penalty=float(config.get("repetition_penalty", 1.0)),
-            min_new_tokens=int(config.get("min_new_tokens", 0)),
-        )
-
-    def pick(self, logits: torch.Tensor, context: list[int], rng: torch.Generator | None) -> int:
-        """Repetition penalty over `context`, then greedy, or temperature, top-k, top-p and a draw from `rng`."""
-        if self.repetition_penalty != 1.0:
-            seen = torch.tensor(list(set(context)))
-            scores = logits[seen]
-            logits[seen] = torch.where(scores < 0, scores * self.repetition_penalty, scores / self.repetition_penalty)
-        if not self.do_sample:
-            return int(logits.argmax())
-        values, order = torch.sort(logits / self.temperature, descending=True)
-        if self.top_k > 0:
-            values, order = values[: self.top_k], order[: self.top_k]
-        probs = values.softmax(-1)
-        if self.top_p < 1.0:  # keep the smallest head whose mass reaches top_p (transformers' TopPLogitsWarper)
-            probs = probs * ((probs.cumsum(-1) - probs) < self.top_p)
-        cumulative = probs.cumsum(-1)
-        draw = torch.rand((), generator=rng) * cumulative[-1]
-        return int(order[min(int(torch.searchsorted(cumulative, draw, right=True)), len(order) - 1)])
 
 
 class TinyOmniModel(nn.Module):
     """MiniCPM-o 2.6's `OmniModel` interface on a tiny random model; one conversation at a time."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast, seed: int = 0, cost: EngineCost | None = None) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerFast, seed: int = 0, cost: EngineCost | None = None, faults: float = 0.0
+    ) -> None:
         super().__init__()
         self.seed = seed
+        self.faults = faults
         self.cost = cost if cost is not None else EngineCost()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -309,12 +208,12 @@ class TinyOmniModel(nn.Module):
             self.llm = Qwen2ForCausalLM(config)
             self.apm = _AudioEncoder()
             self.vpm = _ImageEncoder()
-            self.tts = _SpeechHead()
+            self.tts = SpeechHead()
         self.eval().requires_grad_(False)
         ids = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS}
         self._ids = ids
         self._terminators = (ids["<|im_end|>"], ids["<|endoftext|>"])
-        self._masks = _utf8_masks(config.vocab_size, ids["<|tts_eos|>"])
+        self._masks = utf8_masks(config.vocab_size, ids)
         self.reset_session()
 
     # --- the contract -------------------------------------------------------------------------------
@@ -383,7 +282,7 @@ class TinyOmniModel(nn.Module):
             self.sampling_rng = _session_rng(self.seed, session_id)
             contents = f"<|im_start|>{role}\n{contents}<|im_end|>\n"
         self.last_prompt_text = contents
-        embeds = self._embed_prompt(contents, images, audios, tokenizer)
+        embeds = self._embed_prompt(contents, images, audios, tokenizer, max_slice_nums)
         if is_first:
             self.audio_past_key_values = None
         if embeds.shape[1]:  # nothing to add for an empty message (e.g. a zero-length audio chunk)
@@ -416,8 +315,12 @@ class TinyOmniModel(nn.Module):
         logger.debug("reply starts after %d context tokens", self.llm_past_key_values[0][0].shape[2])
         # The generators hold this conversation's cache and RNG, so that state swapped in later stays apart.
         rng = self.sampling_rng
-        llm = self._llm_chunks(prompt_ids, tokenizer, config, max_new_tokens, self.llm_past_key_values, rng)
-        return self._speech(llm, rng) if generate_audio else self._text(llm)
+        faults = random.Random(f"{self.seed}/{session_id}/{context_tokens(self)}") if self.faults else None
+        llm = self._llm_chunks(prompt_ids, tokenizer, config, max_new_tokens, self.llm_past_key_values, rng, faults)
+        if not generate_audio:
+            return self._text(llm)
+        # A caller asking for a long reply (min_new_tokens ≥ 3, as benchmarks do) gets one: see tiny_speech.
+        return speak(self.tts, llm, rng, self.cost, may_end_early=min_new_tokens < LLM_CHUNK_TOKENS)
 
     # --- prefill internals --------------------------------------------------------------------------
     def _turn_prefix(self) -> str:
@@ -428,25 +331,43 @@ class TinyOmniModel(nn.Module):
         return "<|tts_eos|><|im_end|>\n<|im_start|>user\n"  # the reply was cut: max tokens or abandoned
 
     def _embed_prompt(
-        self, text: str, images: list[Image.Image], audios: list[npt.NDArray[np.float32]], tokenizer: Any
+        self,
+        text: str,
+        images: list[Image.Image],
+        audios: list[npt.NDArray[np.float32]],
+        tokenizer: Any,
+        max_slice_nums: int | None,
     ) -> torch.Tensor:
         pieces = _SLOTS.split(text)
         if pieces.count(_AUDIO_SLOT) != len(audios) or pieces.count(_IMAGE_SLOT) != len(images):
             raise ValueError(f"prompt text holds {_AUDIO_SLOT} or {_IMAGE_SLOT} that match no input: remove them")
-        lengths = iter(len(wav) for wav in audios)
+        lengths, sizes = iter(len(wav) for wav in audios), iter(image.size for image in images)
         expanded = "".join(
-            audio_placeholder(next(lengths)) if p == _AUDIO_SLOT else IMAGE_PLACEHOLDER if p == _IMAGE_SLOT else p
+            audio_placeholder(next(lengths))
+            if p == _AUDIO_SLOT
+            else image_placeholder(*next(sizes), max_slice_nums)
+            if p == _IMAGE_SLOT
+            else p
             for p in pieces
         )
         ids = torch.tensor(tokenizer(expanded, add_special_tokens=False)["input_ids"], dtype=torch.long)
         embeds: torch.Tensor = self.llm.get_input_embeddings()(ids)
         audio_parts = []
         for wav in audios:
+            if 0 < len(wav) < MIN_AUDIO_SAMPLES:  # the real audio encoder's pooling fails the same way
+                raise RuntimeError(
+                    f"Given input size: ({HIDDEN}x1x1). Calculated output size: ({HIDDEN}x1x0). Output size is too small"
+                )
             if audio_token_count(len(wav)):
                 features, self.audio_past_key_values = self.apm(torch.from_numpy(wav), self.audio_past_key_values)
                 audio_parts.append(features)
         self._fill(embeds, ids, "<|audio_start|>", "<|audio_end|>", audio_parts)
-        self._fill(embeds, ids, "<image>", "</image>", [self.vpm(image) for image in images])
+        overviews, slices = [], []
+        for image in images:
+            overviews.append(self.vpm(image))
+            slices += [self.vpm(piece) for piece in _slices(image, max_slice_nums)]
+        self._fill(embeds, ids, "<image>", "</image>", overviews)
+        self._fill(embeds, ids, "<slice>", "</slice>", slices)
         return embeds[None]
 
     def _fill(self, embeds: torch.Tensor, ids: torch.Tensor, start: str, end: str, parts: list[torch.Tensor]) -> None:
@@ -482,14 +403,16 @@ class TinyOmniModel(nn.Module):
         max_new_tokens: int,
         cache: Any,
         rng: torch.Generator | None,
-    ) -> Iterator[_LlmChunk]:
+        faults: random.Random | None = None,
+    ) -> Iterator[LlmChunk]:
         if config.get("num_beams", 1) > 1:
             raise RuntimeError("beam search (sampling=False) crashes in MiniCPM-o 2.6 streaming; use sampling=True")
-        sampling, tts_eos = _Sampling.from_config(config), self._ids["<|tts_eos|>"]
+        sampling, tts_eos = TextSampling.from_config(config), self._ids["<|tts_eos|>"]
         expected_cache = cache  # the conversation's cache when the reply was asked for
         held: list[int] = []
         feed, new_len, utf8_need, speaking, first = prompt_ids, 0, 0, True, True
         while True:
+            chunk_start_cache = self.llm_past_key_values
             chunk: list[int] = []
             context = list(feed)  # what repetition_penalty sees: this llm.generate call's input and output
             hidden: list[tuple[torch.Tensor, ...]] = []
@@ -506,25 +429,30 @@ class TinyOmniModel(nn.Module):
                 token = self._sample(logits, context, sampling, step, new_len + len(chunk), utf8_need, rng)
                 chunk.append(token)
                 context.append(token)
-                utf8_need = _utf8_after(token, utf8_need)
+                utf8_need = utf8_after(token, utf8_need)
                 if token == tts_eos:
                     speaking = False
-                elif speaking and token < 256:  # a byte: build_tiny_tokenizer gives byte b the id b
+                elif speaking and token != 0 and byte_of(token) is not None:  # a byte the TTS reads ("!" is dropped)
                     speech_tokens += 1
                 if token in self._terminators:
                     eos = True
                     break
                 feed = [token]
+            fault = faults is not None and faults.random() < self.faults
             new_len += len(chunk)
             ids = held + chunk
             end = len(ids)
             while end and tokenizer.decode(ids[:end]).endswith("\ufffd"):
                 end -= 1  # hold back an incomplete UTF-8 character, as the real model does
             held, ids = ids[end:], ids[:end]
-            if ids and ids[-1] in self._terminators:
-                ids = ids[:-1]
-            text = tokenizer.decode(ids) if ids else ""
-            yield _LlmChunk(text, tuple(hidden) if first else None, speech_tokens, last_hidden)
+            try:  # the real `_decode_text` fails on a chunk left empty, before the chunk's cache is kept
+                if fault:  # --engine-faults: as if the chunk had been all "!" (id 0)
+                    raise IndexError("index 0 is out of bounds for dimension 0 with size 0")
+                text = self._decode(ids, tokenizer) if ids else ""
+            except IndexError:
+                self.llm_past_key_values = chunk_start_cache
+                raise
+            yield LlmChunk(text, tuple(hidden) if first else None, speech_tokens, last_hidden)
             first = False
             if eos:
                 self.llm_generate_completed = True
@@ -532,11 +460,23 @@ class TinyOmniModel(nn.Module):
             if new_len >= max_new_tokens:
                 return
 
+    def _decode(self, ids: list[int], tokenizer: Any) -> str:
+        """The real `_decode_text`: token id 0 ("!") dropped as padding, then a leading start token and a
+        trailing terminator; a chunk left empty raises its IndexError (the cache of that chunk is not kept)."""
+        kept = [i for i in ids if i != 0]
+        if kept and kept[0] == self._ids["<|im_start|>"]:
+            kept = kept[1:]
+        if not kept:
+            raise IndexError("index 0 is out of bounds for dimension 0 with size 0")
+        if kept[-1] in self._terminators:
+            kept = kept[:-1]
+        return str(tokenizer.decode(kept))
+
     def _sample(
         self,
         logits: torch.Tensor,
         context: list[int],
-        sampling: _Sampling,
+        sampling: TextSampling,
         step: int,
         generated: int,
         utf8_need: int,
@@ -555,7 +495,7 @@ class TinyOmniModel(nn.Module):
         return sampling.pick(logits, context, rng)
 
     @torch.inference_mode()
-    def _text(self, llm: Iterator[_LlmChunk]) -> Iterator[dict[str, Any]]:
+    def _text(self, llm: Iterator[LlmChunk]) -> Iterator[dict[str, Any]]:
         for n, chunk in enumerate(llm):
             if n == 0:
                 self.cost.on_first_chunk()
@@ -565,65 +505,19 @@ class TinyOmniModel(nn.Module):
                 item["hidden_states"] = chunk.hidden_states
             yield item
 
-    @torch.inference_mode()
-    def _speech(self, llm: Iterator[_LlmChunk], rng: torch.Generator | None) -> Iterator[OmniOutput]:
-        text, speech_tokens, codes_done, steps = "", 0, 0, 0
-        held: torch.Tensor | None = None  # audio decoded but not yet given out (the real code's prev_wav)
-        cond = torch.zeros(HIDDEN)
 
-        def give(wav: torch.Tensor) -> OmniOutput:
-            nonlocal text
-            out = OmniOutput(text=text, audio_wav=wav, sampling_rate=OUTPUT_SAMPLE_RATE_HZ)
-            text = ""
-            return out
-
-        def tts_step(k: int) -> Iterator[OmniOutput]:
-            nonlocal held, codes_done, steps
-            # The cost is the step's (k codes of speech), whatever part of it this yield gives out: the
-            # second yield gives only the 2048-sample cross-fade for a whole step's compute, as the real model's.
-            if steps == 0:
-                self.cost.on_first_chunk()
-            self.cost.on_tts_step(k * SAMPLES_PER_CODE / OUTPUT_SAMPLE_RATE_HZ)
-            wav = self.tts.waveform(self.tts.codes(cond, k, rng))
-            codes_done, steps = codes_done + k, steps + 1
-            if held is None:  # the first step keeps its last 2048 samples back for the cross-fade
-                held = wav[-CROSSFADE:]
-                yield give(wav[:-CROSSFADE])
-            else:
-                previous, held = held, wav
-                yield give(previous)
-
-        for chunk in llm:
-            text += chunk.text.split("<|tts_eos|>")[0]
-            speech_tokens += chunk.speech_tokens
-            cond = chunk.last_hidden
-            if speech_tokens >= (steps + 1) * TTS_TEXT_TOKENS:
-                yield from tts_step(TTS_STEP_CODES)
-        total = min(MAX_CODES, max(MIN_CODES, CODES_PER_TEXT_TOKEN * speech_tokens))
-        while codes_done < total:
-            yield from tts_step(min(TTS_STEP_CODES, total - codes_done))
-        if held is not None:
-            yield give(held)
-
-
-def _utf8_masks(vocab_size: int, tts_eos: int) -> torch.Tensor:
-    """Additive masks by pending continuation bytes (0, 1, 2): which tokens keep the text well-formed UTF-8."""
-    masks = torch.full((3, vocab_size), -float("inf"))
-    free = list(range(0x20, 0x7F)) + [0xC3] + list(range(0xE4, 0xEA))  # ASCII, Latin-1 letters, CJK leads
-    masks[0, free] = 0.0
-    masks[0, tts_eos] = 0.0
-    masks[1:, 0x80:0xC0] = 0.0
-    return masks
-
-
-def _utf8_after(token: int, need: int) -> int:
-    if 0x80 <= token < 0xC0:
-        return max(need - 1, 0)
-    if token == 0xC3:
-        return 1
-    if 0xE4 <= token < 0xEA:
-        return 2
-    return need
+def _slices(image: Image.Image, max_slice_nums: int | None) -> list[Image.Image]:
+    """The pieces the real processor cuts a large image into (row by row), or none (`placeholders.slice_grid`)."""
+    grid = slice_grid(*image.size, max_slice_nums)
+    if grid is None:
+        return []
+    cols, rows = grid
+    width, height = image.size
+    return [
+        image.crop((c * width // cols, r * height // rows, (c + 1) * width // cols, (r + 1) * height // rows))
+        for r in range(rows)
+        for c in range(cols)
+    ]
 
 
 def _session_rng(seed: int, session_id: str) -> torch.Generator:
@@ -632,10 +526,11 @@ def _session_rng(seed: int, session_id: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
-def build_tiny_engine(seed: int = 0, cost: EngineCost | None = None) -> Engine:
-    """The tiny engine: seeded random weights, CPU, fp32; `cost` makes it as slow as the real model."""
+def build_tiny_engine(seed: int = 0, cost: EngineCost | None = None, faults: float = 0.0) -> Engine:
+    """The tiny engine: seeded random weights, CPU, fp32; `cost` makes it as slow as the real model, and
+    `faults` is the share of reply steps that fail as the real model's text decoding can (tests only)."""
     tokenizer = build_tiny_tokenizer()
-    model = TinyOmniModel(tokenizer, seed=seed, cost=cost)
+    model = TinyOmniModel(tokenizer, seed=seed, cost=cost, faults=faults)
     info = EngineInfo(
         name="tiny",
         model="tiny-random",

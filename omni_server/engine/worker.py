@@ -57,7 +57,7 @@ from omni_server.engine.base import (
     to_output_chunk,
 )
 from omni_server.engine.text import TextPolicy
-from omni_server.errors import EngineError, OmniError
+from omni_server.errors import EngineError, OmniError, ReplyFailed
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -227,11 +227,14 @@ class EngineWorker:
         Starting it costs next to nothing (the model's generator is lazy); a speculative reply's steps
         are speculative until `ReplyStream.confirm`."""
         tokenizer = self.engine.tokenizer
-        gen = await self.run(
-            conv,
-            lambda model: iter(model.streaming_generate(conv.id, tokenizer, **kwargs)),
-        )
-        return ReplyStream(self, conv, gen, speculative=speculative)
+
+        def start(model: OmniModel) -> Iterator[Any]:
+            try:
+                return iter(model.streaming_generate(conv.id, tokenizer, **kwargs))
+            except Exception as e:
+                raise reply_failure(model, e, conv.id) from e
+
+        return ReplyStream(self, conv, await self.run(conv, start), speculative=speculative)
 
     async def release(self, conv: Conversation) -> None:
         """Forget a conversation: its KV cache is dropped at once."""
@@ -326,7 +329,8 @@ class EngineWorker:
         self._swap_in(conv, model)
         start = time.perf_counter()
         try:
-            return fn(model)
+            with self.engine.call_scope():
+                return fn(model)
         finally:
             elapsed = time.perf_counter() - start
             conv.compute_s += elapsed
@@ -403,7 +407,13 @@ class ReplyStream:
         pending = self._ahead or self._submit(due)
         self._pending = pending
         self._ahead = self._submit(due) if read_ahead else None
-        item = await pending
+        try:
+            item = await pending
+        except EngineError:  # the reply failed (ReplyFailed) or the engine did: nothing more to take
+            self._pending = None
+            self._drop_ahead()
+            self.finished = True
+            raise
         self._pending = None
         if item is _END:
             self._drop_ahead()
@@ -412,15 +422,19 @@ class ReplyStream:
         chunk: OutputChunk = item
         return chunk
 
-    def _step(self, _: OmniModel) -> Any:
+    def _step(self, model: OmniModel) -> Any:
         start = time.perf_counter()
-        item = next(self._gen, _END)  # a closed or exhausted generator gives _END
-        self.step_s = time.perf_counter() - start
+        try:
+            item = next(self._gen, _END)  # a closed or exhausted generator gives _END
+        except Exception as e:  # the generator is over; whether the call can go on is decided here
+            raise reply_failure(model, e, self._conv.id) from e
+        finally:
+            self.step_s = time.perf_counter() - start
         if self.steps == 0 and item is not _END:
             last = self._worker.first_step_s
             self._worker.first_step_s = self.step_s if last is None else 0.7 * last + 0.3 * self.step_s
         self.steps += 1
-        return _END if item is _END else to_output_chunk(item)
+        return _END if item is _END else to_output_chunk(item, self._worker.engine.clean_text)
 
     def _drop_ahead(self) -> None:
         if self._ahead is not None:
@@ -448,6 +462,40 @@ class ReplyStream:
                 close()
 
         await self._worker.run(self._conv, stop, deadline=float("-inf"))
+
+
+# What a broken device or runtime says: after these the model's state cannot be trusted for anyone.
+_FATAL_MARKERS = ("CUDA error", "device-side assert", "out of memory", "CUBLAS_STATUS", "MPS backend")
+
+
+def reply_failure(model: OmniModel, exc: Exception, conversation_id: str) -> EngineError:
+    """The error a failure while making a reply becomes: `ReplyFailed` when the conversation's state is intact.
+
+    A reply only ever replaces the model's KV cache with a whole new one after each step, so a failure
+    inside a step (the real decoder's IndexError on an empty chunk, say) leaves the cache as the last
+    step made it, and the next prefill marks the reply as cut, as after a barge-in. That is checked, not
+    assumed: every layer's keys and values must still agree on one length. A failure of the device or
+    of memory, or a cache that is not whole, ends the call (`EngineError`).
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    fatal = isinstance(exc, MemoryError) or any(marker in text for marker in _FATAL_MARKERS)
+    if fatal or not _cache_is_whole(model.llm_past_key_values):
+        logger.error("model failure ends the call", exc_info=exc, extra={"session_id": conversation_id})
+        return EngineError("The model failed while serving this session.")
+    logger.warning("a reply failed, the call goes on", exc_info=exc, extra={"session_id": conversation_id})
+    return ReplyFailed(f"The model failed while making this reply ({type(exc).__name__}); the call goes on.")
+
+
+def _cache_is_whole(cache: Any) -> bool:
+    if cache is None:
+        return True
+    if hasattr(cache, "get_seq_length"):
+        cache = cache.to_legacy_cache()
+    try:
+        lengths = {int(t.shape[2]) for layer in cache for t in layer}
+    except (TypeError, AttributeError, IndexError):
+        return False
+    return len(lengths) == 1
 
 
 def _deliver(future: asyncio.Future[Any], result: Any) -> None:

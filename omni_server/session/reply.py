@@ -5,7 +5,8 @@ timeline at the listener (`Playback`), its timings (`TurnStats`), the text it ha
 The session starts one per turn and asks it to `interrupt()`; the reply tells the client
 `response.created`, every text and audio delta the moment it exists, `response.listen` when it was
 talked over, and hands itself to the session's `on_done` (which keeps the call's usage and sends
-`response.done`).
+`response.done`). A reply the model failed while its state stayed intact (`ReplyFailed`) ends with
+status `failed` and the reason; any other engine failure ends the call.
 
 A speculative reply (started before the user's turn was confirmed, with a `Hold`) runs on spare model
 time and keeps its chunks until `Hold.release`, when it sends them all at once and goes on as any
@@ -43,6 +44,7 @@ import numpy.typing as npt
 
 from omni_server.engine.base import OUTPUT_SAMPLE_RATE_HZ, OutputChunk
 from omni_server.engine.client import ConversationHandle, EngineClient, ReplyChunks, SpeculativeEngine
+from omni_server.errors import ReplyFailed
 from omni_server.protocol import (
     OutputAudioDelta,
     OutputTextDelta,
@@ -136,7 +138,8 @@ class Reply:
         self.hold = hold  # speculative: nothing is said until it is released
         self._on_first_audio = on_first_audio
         self._task: asyncio.Task[None] | None = None
-        self.status = "completed"  # completed | interrupted | cancelled
+        self.status = "completed"  # completed | interrupted | cancelled | failed
+        self.failure: str | None = None  # why a failed reply failed, for the client
         self.barged_in = False  # interrupted by the user (not by the call ending)
         self.cancel_reason: str | None = None  # withdrawn (`cancel`), not talked over
         self._finishing = False  # the generation is over and the reply is saying how it ended
@@ -239,6 +242,13 @@ class Reply:
                 await self._stream(await self._held(stream, hold), stream, conv, closing)
             if hold is None:
                 await self._stream([], stream, conv, closing)
+            if self.failure is not None:  # a speculation that failed while held, now released
+                self.status = "failed"
+        except ReplyFailed as e:  # the model state is intact: this reply ends, the call goes on
+            self.status, self.failure = "failed", e.message
+            await self._release()  # what the start-up hold kept back was made: it is said
+            if hold is not None:
+                await hold.released.wait()  # said once the turn is confirmed (dropped: cancelled, unsaid)
         except asyncio.CancelledError:
             self.status, self.barged_in = "interrupted", not closing()
             if self.cancel_reason is not None or not self.heard:
@@ -246,7 +256,7 @@ class Reply:
             raise
         finally:
             self._finishing = True  # from here on a cancel would cut the clean-up short: see `cancel`
-            if self._sink is not None and self.status != "completed" and self.heard:
+            if self._sink is not None and self.status not in ("completed", "failed") and self.heard:
                 self._sink.flush()  # before anything that awaits: barge-in silences at once
             elif self._sink is not None and self.heard:
                 self._sink.end()
@@ -272,7 +282,12 @@ class Reply:
             if held and held[-1] is None:
                 await hold.released.wait()
                 break
-            held.append(await stream.next(read_ahead=True))
+            try:
+                held.append(await stream.next(read_ahead=True))
+            except ReplyFailed as e:  # kept to say once the turn is confirmed, after what was made
+                self.failure = e.message
+                held.append(None)
+                continue
             hold.chunks += held[-1] is not None
         return held
 

@@ -55,8 +55,9 @@ import numpy.typing as npt
 from PIL import Image
 
 from omni_server import protocol
-from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, EngineInfo
+from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, MIN_AUDIO_SAMPLES, EngineInfo
 from omni_server.engine.client import ConversationHandle, EngineClient, SpeculativeEngine
+from omni_server.engine.placeholders import audio_tokens, image_tokens
 from omni_server.engine.text import UserText
 from omni_server.errors import OmniError, ProtocolError, SessionEnded
 from omni_server.media.smart_turn import SmartTurnModel
@@ -75,7 +76,7 @@ from omni_server.session.rate import RealTimeBudget
 from omni_server.session.reply import FIRST_CHUNK_SLACK_S, AudioSink, Reply, TurnStats
 from omni_server.session.turn_end import Hold, Kept, RecentAudio, SemanticJudge, TurnEnd
 from omni_server.session.turns import TurnConfig, TurnDetector
-from omni_server.session.units import PreRoll, UnitCutter
+from omni_server.session.units import PreRoll, UnitCutter, pad_tail
 from omni_server.session.vad_feed import VadFeed
 
 logger = logging.getLogger(__name__)
@@ -574,9 +575,10 @@ class CallSession:
         stats = work.stats
         if self._spec_engine is not None and (work.hold is not None or self._continuable_until is not None):
             self._checkpoint = (await self._spec_engine.checkpoint(self._conv), dict(self.usage))
-        if work.tail is not None:  # the reply waits on it
+        if work.tail is not None:  # the reply waits on it; padded if shorter than the model takes (pad_tail)
             arrived = self._clock() if work.hold is not None else stats.speech_end_at
-            await self._prefill_unit(work.tail, arrived=arrived, bound_s=0.0, make_room=False)
+            tail = pad_tail(work.tail, MIN_AUDIO_SAMPLES)
+            await self._prefill_unit(tail, arrived=arrived, bound_s=0.0, make_room=False)
         if work.typed is not None:
             await self._prefill_text(work.typed)
         stats.reply_start_at = self._clock()
@@ -599,7 +601,7 @@ class CallSession:
         prompt = UserText(_GREETING[self.config.language].format(greeting=greeting))
         before = self._conv.context_tokens
         after = await self._worker.prefill(self._conv, [{"role": "user", "content": [prompt]}])
-        self._count_input(after - before, audio_s=0.0)
+        self._count_input(after - before)
         now = self._clock()
         self._launch_reply(TurnStats(speech_end_at=now, reply_start_at=now, compute_start_s=self._conv.compute_s))
         self._greeting = self._reply
@@ -645,7 +647,7 @@ class CallSession:
             msg = {**msg, "content": [*msg["content"], *extra]}
         before = self._conv.context_tokens
         after = await self._worker.prefill(self._conv, [msg], max_slice_nums=cfg.max_slice_nums)
-        self._count_input(after - before, audio_s=0.0 if ref is None else len(ref) / INPUT_SAMPLE_RATE_HZ)
+        self._count_input(after - before, audio=0 if ref is None else audio_tokens(len(ref)))
 
     async def _prefill_unit(
         self, audio: Samples, *, arrived: float, bound_s: float = PREFILL_START_S, make_room: bool = True
@@ -670,7 +672,8 @@ class CallSession:
             self.late_units += 1
         added = after - before
         self._unit_tokens = max(self._unit_tokens, added)
-        self._count_input(added, audio_s=len(audio) / INPUT_SAMPLE_RATE_HZ, frames=int(frame is not None))
+        vision = 0 if frame is None else image_tokens(*frame.size, self.config.max_slice_nums)
+        self._count_input(added, audio=audio_tokens(len(audio)), vision=vision)
 
     def _fits_a_turn(self, extra_tokens: float = 0.0) -> bool:
         """Whether the next unit (and `extra_tokens` more) and a whole reply still fit the context."""
@@ -686,7 +689,7 @@ class CallSession:
         """A typed message as the user's text turn (after any audio of the same turn); made inert by the engine."""
         before = self._conv.context_tokens
         after = await self._worker.prefill(self._conv, [{"role": "user", "content": [UserText(text)]}])
-        self._count_input(after - before, audio_s=0.0)
+        self._count_input(after - before)
 
     async def _roll_over(self) -> None:
         """Go on in a fresh model conversation; it never loops: `start` made sure the system prompt leaves room."""
@@ -758,6 +761,8 @@ class CallSession:
             "output_tokens": reply.output_tokens,
             "usage": usage,
         }
+        if reply.failure is not None:
+            response["reason"] = reply.failure
         await self._send(ResponseDone(response, timings))
 
     @property
@@ -765,10 +770,14 @@ class CallSession:
         """Seconds of reply audio the listener has buffered now, as the server sees it (0 when silent)."""
         return 0.0 if self._reply is None else self._reply.ahead_s(self._clock())
 
-    def _count_input(self, tokens: int, *, audio_s: float, frames: int = 0) -> None:
-        self.usage["input_tokens"] += max(0, tokens)
-        self.usage["audio_tokens"] += round(audio_s * 27)
-        self.usage["vision_tokens"] += 66 * frames
+    def _count_input(self, tokens: int, *, audio: int = 0, vision: int = 0) -> None:
+        """Count a prefill: `tokens` the context grew by, of which `audio` and `vision` are the placeholders the
+        model's processor made (engine/placeholders.py; a sliced 640×480 frame is 198); never more than grew."""
+        tokens = max(0, tokens)
+        audio = min(audio, tokens)
+        self.usage["input_tokens"] += tokens
+        self.usage["audio_tokens"] += audio
+        self.usage["vision_tokens"] += min(vision, tokens - audio)
 
     def _next_conv_id(self) -> str:
         return f"{self.id}.{next(self._conv_index)}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["PreRoll", "UnitCutter"]
+__all__ = ["PreRoll", "UnitCutter", "pad_tail"]
 
 DEFAULT_SAMPLES_PER_UNIT = 16_000  # one second at 16 kHz
 
@@ -73,6 +73,20 @@ class UnitCutter:
     def reset(self) -> None:
         """Drop the partial unit without returning it."""
         self._filled = 0
+
+
+def pad_tail(samples: npt.NDArray[np.float32], min_samples: int) -> npt.NDArray[np.float32]:
+    """A turn's last partial unit, padded with silence to at least ``min_samples``.
+
+    The model cannot take audio shorter than that (its encoder fails on 20 ms or less). Padding, not
+    merging into the unit before, is what keeps the speech as it was: that unit is usually prefilled
+    already (merging would mean prefilling its second again), and the tail follows the end of the turn,
+    so at most 20 ms more silence is all the model hears that it would not have; dropping the tail
+    instead would lose the last 20 ms of a manually committed turn's speech.
+    """
+    if len(samples) >= min_samples:
+        return samples
+    return np.concatenate([samples, np.zeros(min_samples - len(samples), np.float32)])
 
 
 class PreRoll:

@@ -1,41 +1,37 @@
-"""The real engine refuses, in plain words, what MiniCPM-o 2.6's code cannot run on."""
+"""The real engine stops early with doctor's sentences, and wraps its calls in the device's scope."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
+import dataclasses
 
 import pytest
-import torch
 
-from omni_server.engine.minicpmo import check_environment
+from omni_server.engine.devices import CudaRedirect
+from omni_server.engine.doctor import TorchInfo
+from omni_server.engine.minicpmo import check_environment, device_scope
 from omni_server.errors import EngineError
+from tests.unit.engine.test_doctor import HEALTHY
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_no_gpu_is_explained() -> None:
-    """Without CUDA the message says so and points at the tiny engine."""
-    with pytest.raises(EngineError, match="No CUDA GPU.*--engine tiny"):
-        check_environment("openbmb/MiniCPM-o-2_6", "cuda")
+def test_every_problem_is_named_at_start_up() -> None:
+    """Two things wrong: the start-up error carries both sentences, nothing more."""
+    probes = dataclasses.replace(HEALTHY, transformers=lambda: "4.49.0", torchaudio=lambda: "OSError: broken")
+    with pytest.raises(EngineError) as info:
+        check_environment("openbmb/MiniCPM-o-2_6", "cuda", "bf16", probes)
+    assert "transformers 4.44.x" in info.value.message and "torchaudio" in info.value.message
 
 
-def test_other_devices_are_refused_with_the_reason() -> None:
-    """mps/cpu: the model's speech code hard-codes CUDA, and the error says that."""
-    for device in ("mps", "cpu"):
-        with pytest.raises(EngineError, match="hard-codes CUDA"):
-            check_environment("openbmb/MiniCPM-o-2_6", device)
+def test_mps_without_apple_silicon_is_refused() -> None:
+    """--device mps where torch has no mps says what it needs."""
+    with pytest.raises(EngineError, match="Apple silicon"):
+        check_environment("openbmb/MiniCPM-o-2_6", "mps", "bf16", HEALTHY)
+    mac = dataclasses.replace(HEALTHY, torch=lambda: TorchInfo("2.13.0", None, False, None, mps_ok=True))
+    check_environment("openbmb/MiniCPM-o-2_6", "mps", "bf16", mac)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_local_directory_without_assets_is_refused(tmp_path: Path) -> None:
-    """A local snapshot missing assets/ is named as such before loading."""
-    with pytest.raises(EngineError, match="assets/Vocos.pt"):
-        check_environment(str(tmp_path), "cuda")
-
-
-def test_wrong_transformers_version_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A transformers release the model's code cannot run on is named, with the fix."""
-    import transformers
-
-    monkeypatch.setattr(transformers, "__version__", "4.49.0")
-    with pytest.raises(EngineError, match=r"needs transformers 4\.44\.x, found 4\.49\.0.*requirements_o2\.6\.txt"):
-        check_environment("openbmb/MiniCPM-o-2_6", "cuda")
+def test_calls_run_in_the_device_scope() -> None:
+    """CUDA needs nothing around its calls; cpu and mps get the CUDA redirect to themselves."""
+    assert isinstance(device_scope("cuda"), contextlib.nullcontext)
+    scope = device_scope("cpu")
+    assert isinstance(scope, CudaRedirect) and scope.device == "cpu"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -248,16 +249,23 @@ def follows_chunk_pattern(sizes: list[int]) -> bool:
     return sizes[:2] == [10_752, 2048] and middle_ok and sizes[-1] % 512 == 0 and 0 < sizes[-1] <= 12_800
 
 
-@pytest.mark.parametrize("session_id", ["a", "b", "c", "d"])
+def spoken_bytes(text: str) -> int:
+    """Text bytes the speech side reads: the raw reply text without its special tokens."""
+    return len(re.sub("|".join(map(re.escape, SPECIAL_TOKENS)), "", text).encode())
+
+
+@pytest.mark.parametrize("session_id", ["a", "b", "c", "d", "e", "f"])
 def test_audio_chunks_follow_the_real_size_pattern(engine: Engine, session_id: str) -> None:
-    """Speech comes as 10752, 2048, 12800… then 512·k samples: 3 codes of 512 samples per text byte."""
-    start(engine, session_id)
+    """Speech comes as 10752, 2048, 12800… then 512·k samples; when the text ended first, the speech goes on
+    to 3 codes of 512 samples per text byte, with empty text after the reply's text."""
+    model = start(engine, session_id)
     items = reply(engine)
     sizes = [len(r.audio_wav) for r in items]
     assert follows_chunk_pattern(sizes), sizes
     text = "".join(r.text for r in items)
-    assert sum(sizes) == 512 * max(8, 3 * len(text.encode()))
-    assert items[0].text and items[-1].text == ""  # text runs ahead of the audio
+    if model.llm_generate_completed:
+        assert sum(sizes) == 512 * max(8, 3 * spoken_bytes(text))
+        assert items[0].text and items[-1].text == ""  # text runs ahead of the audio
 
 
 def test_reply_ending_inside_the_first_step(engine: Engine) -> None:
@@ -276,7 +284,7 @@ def test_audio_items_look_like_omni_output(engine: Engine) -> None:
         assert item["audio_wav"] is wav and item.sampling_rate == 24_000 and isinstance(item.sampling_rate, int)
         assert isinstance(item.text, str) and list(item.keys()) == ["text", "audio_wav", "sampling_rate"]
         assert 0.0 < float(wav.abs().max()) <= 0.1
-        assert to_output_chunk(item).audio.shape == (len(wav),)
+        assert to_output_chunk(item, engine.clean_text).audio.shape == (len(wav),)
 
 
 def test_text_mode_yields_dicts_of_three_tokens(engine: Engine) -> None:
@@ -410,3 +418,28 @@ def test_cost_sleeps_per_text_chunk_without_audio() -> None:
     start(engine)
     chunks = reply(engine, generate_audio=False)
     assert slept == pytest.approx([0.4] + [0.1] * len(chunks))
+
+
+def failing_step(engine: Engine, session_id: str) -> tuple[int, int, int]:
+    """(chunks before the fault, context before the failed chunk, context after the fault) of one reply."""
+    model = start(engine, session_id)
+    before, steps = context_tokens(model), 0
+    gen = model.streaming_generate(session_id, engine.tokenizer, max_new_tokens=90, generate_audio=False)
+    with pytest.raises(IndexError, match="index 0 is out of bounds"):
+        for _ in gen:
+            steps += 1
+            before = context_tokens(model)
+    return steps, before, context_tokens(model)
+
+
+def test_fault_mode_fails_a_reply_like_the_real_decoder_and_keeps_the_cache() -> None:
+    """--engine-faults: the real `_decode_text` IndexError, raised before the failed chunk's cache is kept;
+    the conversation goes on with the interrupted-reply prefix, and the same seed fails at the same step."""
+    engine = build_tiny_engine(seed=0, faults=0.5)
+    runs = [failing_step(engine, f"s{i}") for i in range(4)]
+    assert all(before == after for _, before, after in runs)  # the failed chunk added nothing
+    assert any(steps > 0 for steps, _, _ in runs)  # faults come mid-reply too, not only before the first chunk
+    assert runs == [failing_step(build_tiny_engine(seed=0, faults=0.5), f"s{i}") for i in range(4)]
+    model = model_of(engine)
+    model.streaming_prefill("s3", user(SECOND), engine.tokenizer)
+    assert model.last_prompt_text is not None and model.last_prompt_text.startswith("<|tts_eos|><|im_end|>")

@@ -159,3 +159,43 @@ async def test_read_ahead_step_goes_before_a_later_job_of_another_call(worker: E
     await later
     assert order == ["speaker", "speaker", "other"]
     await stream.close()
+
+
+def test_a_failure_inside_a_reply_ends_only_the_reply_when_the_state_is_whole() -> None:
+    """The decoder's IndexError with a whole cache is ReplyFailed; a device failure or a torn cache ends the call."""
+    import torch
+
+    from omni_server.engine.worker import reply_failure
+    from omni_server.errors import ReplyFailed
+
+    class Model:
+        llm_past_key_values: Any = ((torch.zeros(1, 2, 7, 4), torch.zeros(1, 2, 7, 4)),) * 2
+
+    model: Any = Model()
+    decode = IndexError("index 0 is out of bounds for dimension 0 with size 0")
+    failed = reply_failure(model, decode, "c")
+    assert isinstance(failed, ReplyFailed) and "IndexError" in failed.message
+    for fatal in (RuntimeError("CUDA error: device-side assert triggered"), MemoryError()):
+        assert type(reply_failure(model, fatal, "c")) is EngineError
+    model.llm_past_key_values = ((torch.zeros(1, 2, 7, 4), torch.zeros(1, 2, 6, 4)),)
+    assert type(reply_failure(model, decode, "c")) is EngineError
+
+
+async def test_a_failed_reply_stream_stops_and_the_conversation_continues() -> None:
+    """A reply failing mid-way raises ReplyFailed from next(), is finished, and the next prefill and reply work."""
+    from omni_server.errors import ReplyFailed
+
+    faulty = EngineWorker(build_tiny_engine(seed=7, faults=1.0))
+    try:
+        conv = faulty.open("c")
+        sys_msg = await faulty.run(conv, lambda m: m.get_sys_prompt(mode="audio_assistant", language="en"))
+        await faulty.prefill(conv, [sys_msg])
+        await faulty.prefill(conv, [unit(1)])
+        stream = await faulty.reply(conv, max_new_tokens=30)
+        with pytest.raises(ReplyFailed):
+            await stream.next(read_ahead=True)
+        assert stream.finished and await stream.next() is None
+        before = conv.context_tokens
+        assert await faulty.prefill(conv, [unit(2)]) > before
+    finally:
+        faulty.close()

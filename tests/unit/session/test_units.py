@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omni_server.session.units import PreRoll, UnitCutter
+from omni_server.session.units import PreRoll, UnitCutter, pad_tail
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -151,3 +151,14 @@ def test_preroll_rejects_bad_arguments() -> None:
         PreRoll(-1)
     with pytest.raises(ValueError, match="1-D"):
         PreRoll(10).push(np.zeros((2, 2), dtype=np.float32))
+
+
+def test_short_tails_are_padded_with_silence_and_longer_ones_kept() -> None:
+    """A tail of 320 samples or fewer grows to the model's minimum with zeros after it; longer tails are untouched."""
+    tail = np.full(320, 0.5, np.float32)
+    padded = pad_tail(tail, 321)
+    assert padded.shape == (321,) and padded.dtype == np.float32
+    np.testing.assert_array_equal(padded[:320], tail)
+    assert padded[320] == 0.0
+    longer = np.ones(400, np.float32)
+    assert pad_tail(longer, 321) is longer
