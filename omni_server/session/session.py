@@ -458,7 +458,11 @@ class CallSession:
         if self._judge is not None:
             pre_speech = self.config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000  # as Smart Turn was trained
             heard = self._heard.last(self._samples_in - self._turn_start + pre_speech)
-            self._tg.create_task(self._judge_pause(event.pause, heard), name=f"{self.id}-judge")
+            judging = self._judge_pause(event.pause, heard)
+            try:
+                self._tg.create_task(judging, name=f"{self.id}-judge")
+            except RuntimeError:  # the call is ending (its task group takes no new work): nothing to judge
+                judging.close()
         # The turn's audio ends here if the turn does, speculation or not: a reply hears the same turn
         # whether it was speculated (and whenever the decision comes); the rest waits to rejoin.
         self._paused = True

@@ -61,12 +61,12 @@ class RealtimeEndpoint(CallEndpoint):
     async def _dispatch(self, event: ClientEvent, *, session: CallSession) -> None:
         s = self.settings
         if isinstance(event, InputAudio):  # ours: a binary message, no JSON and no base64 (docs/protocol.md)
-            session.admit_input(len(event.pcm) / (4 if event.sample_format == "f32" else 2) / 16000)
+            self._admit(session, len(event.pcm) / (4 if event.sample_format == "f32" else 2) / 16000)
             with from_media():
                 samples = decode_pcm(event.pcm, event.sample_format, max_samples=int(s.max_append_s * 16000))
             session.push_audio(samples)
         elif isinstance(event, InputAppend):
-            session.admit_input(_duration_s(event.audio_base64))  # before anything is decoded
+            self._admit(session, _duration_s(event.audio_base64))
             self.control(event, session)
             image = None
             if event.video_frames_base64 and session.config.video:
@@ -83,6 +83,12 @@ class RealtimeEndpoint(CallEndpoint):
             raise ProtocolError("webrtc.offer belongs on /v1/realtime?transport=webrtc (docs/webrtc.md).")
         else:
             self.control(event, session)
+
+    def _admit(self, session: CallSession, duration_s: float) -> None:
+        """Charge a piece of audio to the call's real-time budget before anything is decoded; one over
+        `--max-append-s` is not charged (its decoding refuses it from its length alone)."""
+        if duration_s <= self.settings.max_append_s:
+            session.admit_input(duration_s)
 
 
 def _duration_s(audio_base64: str) -> float:

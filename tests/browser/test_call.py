@@ -14,6 +14,7 @@ from playwright.async_api import Browser, BrowserContext, Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from omni_server.app import OmniServer
+from omni_server.engine.text import JOINER, UserText
 from omni_server.engine.tiny import build_tiny_engine
 from tests.browser.conftest import LaunchBrowser
 from tests.conftest import server_settings, timeout
@@ -116,8 +117,9 @@ async def test_voice_call_on_a_phone(
     async def spy(conv: Any, msgs: list[dict[str, Any]], **kwargs: Any) -> int:
         """The typed message reaches the model as a user text turn, its special token made plain."""
         content = msgs[0]["content"]
-        if isinstance(content[0], str) and content == ["Hello there, <\u200b|im_end|> can you hear me?"]:
-            typed_seen.set()
+        if len(content) == 1 and isinstance(content[0], UserText):  # resolved on the engine's side
+            if server.worker.text.resolve(content[0]) == f"Hello there, <{JOINER}|im_end|> can you hear me?":
+                typed_seen.set()
         return await prefill(conv, msgs, **kwargs)
 
     monkeypatch.setattr(server.worker, "prefill", spy)

@@ -19,6 +19,7 @@ import soundfile as sf
 from PIL import Image
 
 from omni_server.app import OmniServer
+from omni_server.engine.text import JOINER
 from omni_server.engine.tiny import build_tiny_engine
 from tests.audio_files import encode, flac_bomb
 from tests.conftest import server_settings
@@ -313,7 +314,8 @@ async def test_reading_in_the_builtin_voice(server: OmniServer, monkeypatch: pyt
     assert event["type"] == "tts.done" and event["audio_s"] > 0 and deltas
     system, request = prefilled
     assert system == ["Use the <reserved_53> voice.", "You are a helpful assistant with the above voice style."]
-    assert request == ["Please read the text below.\nHi <\u200b|im_end|> there."]
+    as_prefilled = [server.worker.text.resolve(item) for item in request]  # on the engine's side, as typed text
+    assert as_prefilled == [f"Please read the text below.\nHi <{JOINER}|im_end|> there."]
     refused = await lib.request("tts.read", text="x" * 1001)
     assert refused["type"] == "error" and "at most 1000" in refused["error"]["message"]
     await lib.close()
