@@ -42,9 +42,10 @@ from omni_server.engine.tiny import build_tiny_engine
 from omni_server.engine.worker import EngineWorker
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import OutputAudioDelta, ResponseDone, Send, ServerEvent
+from omni_server.session.call_config import CallConfig
 from omni_server.session.lead_in import LeadIn
 from omni_server.session.playback import Playback
-from omni_server.session.session import CallConfig, CallSession
+from omni_server.session.session import CallSession
 from omni_server.session.vad_feed import VadFeed
 
 UTTERANCE = "Could you tell me a short story about a small robot who learns to paint the sea at night?"

@@ -23,7 +23,8 @@ from omni_server.errors import EngineError
 from omni_server.logs import setup_logging
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import Error, OutputAudioDelta, OutputTextDelta, ResponseDone, ServerEvent
-from omni_server.session.session import CallConfig, CallSession
+from omni_server.session.call_config import CallConfig
+from omni_server.session.session import CallSession
 from omni_server.session.vad_feed import VadFeed
 
 Unit = tuple[Image.Image, npt.NDArray[np.float32]]

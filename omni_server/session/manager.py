@@ -27,8 +27,9 @@ from omni_server.media.smart_turn import SmartTurnModel
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import Send, SessionInit
 from omni_server.session.admission import Admission, OnQueued
+from omni_server.session.call_config import CallConfig
 from omni_server.session.lead_in import LeadIn
-from omni_server.session.session import CallConfig, CallSession
+from omni_server.session.session import CallSession
 from omni_server.session.turns import TurnConfig
 from omni_server.session.vad_feed import VadFeed
 

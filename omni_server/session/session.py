@@ -32,9 +32,8 @@ still stops it.
 Typed messages (`text_turn`) end the user's turn like speech would: the model gets the text as a user
 text turn (its control strings made inert by the engine: engine/text.py) after any audio of the turn, and replies.
 
-Context: MiniCPM-o was trained to 8192 tokens and never truncates its cache. When the next unit plus a
-reply would not fit, the call rolls over to a fresh model conversation: the system prompt (and so the
-reference voice) is prefilled again, and the assistant's last replies go in as a short text note.
+The model conversation itself, its usage and its roll-over when the context is full: `CallContext`
+(context.py).
 
 Must not import: websockets, aiortc, torch.
 """
@@ -42,12 +41,10 @@ Must not import: websockets, aiortc, torch.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,12 +54,9 @@ from PIL import Image
 from omni_server import protocol
 from omni_server.engine.base import INPUT_SAMPLE_RATE_HZ, MIN_AUDIO_SAMPLES, EngineInfo
 from omni_server.engine.client import ConversationHandle, EngineClient, SpeculativeEngine
-from omni_server.engine.placeholders import audio_tokens, image_tokens
-from omni_server.engine.text import UserText
 from omni_server.errors import OmniError, ProtocolError, SessionEnded
 from omni_server.media.smart_turn import SmartTurnModel
 from omni_server.protocol import (
-    ConversationTruncated,
     Error,
     ResponseCancelled,
     ResponseCreated,
@@ -71,11 +65,13 @@ from omni_server.protocol import (
     usage_payload,
 )
 from omni_server.session import turns
+from omni_server.session.call_config import CallConfig
+from omni_server.session.context import CallContext
 from omni_server.session.lead_in import LeadIn
 from omni_server.session.rate import RealTimeBudget
 from omni_server.session.reply import FIRST_CHUNK_SLACK_S, AudioSink, Reply, TurnStats
 from omni_server.session.turn_end import Hold, Kept, RecentAudio, SemanticJudge, TurnEnd
-from omni_server.session.turns import TurnConfig, TurnDetector
+from omni_server.session.turns import TurnDetector
 from omni_server.session.units import PreRoll, UnitCutter, pad_tail
 from omni_server.session.vad_feed import VadFeed
 
@@ -83,8 +79,7 @@ logger = logging.getLogger(__name__)
 
 Samples = npt.NDArray[np.float32]
 # Scheduling (see docs/capacity.md): every model call carries the time by which it should start.
-PREFILL_BOUND_S = 1.0  # a unit prefilled later than this after its last sample arrived counts as late
-# ... but is due much sooner: the input loop (and so turn detection) waits on each prefill, and a unit
+# A unit is due soon after its last sample arrived: the input loop (and so turn detection) waits on each prefill, and a unit
 # costs tens of ms, so it goes ahead of any reply chunk whose listener has more than this buffered.
 PREFILL_START_S = 0.2
 _CLOSE_CHUNK_WAIT_S = 1.0
@@ -93,48 +88,6 @@ _REJOIN_MAX_S = 10.0  # audio kept after a turn's partial unit was cut, to rejoi
 GREETING_GUARD_S = 1.5  # speech detected this soon after the greeting starts playing does not interrupt it
 MAX_PENDING_TEXTS = 4  # typed messages waiting for the call to take them up; more are refused
 _TEXT_TOKENS_PER_CHAR = 0.5  # a generous estimate, to keep room in the context before a text prefill
-_VOICE_MODES = {"assistant": "audio_assistant", "roleplay": "audio_roleplay", "voice_cloning": "voice_cloning"}
-_MEMORY_NOTE = {
-    "en": "(Earlier in this call, which was too long to keep in full, you said: {text})",
-    "zh": "（本次通话较长，之前的内容已省略。你之前说过：{text}）",
-}
-_GREETING = {  # role-play: the user turn that makes the character speak first
-    "en": 'The call has just started. Greet me in character, beginning with: "{greeting}"',
-    "zh": "通话刚刚开始。请以角色的身份向我问好，开头说：“{greeting}”",
-}
-
-
-@dataclass(frozen=True)
-class CallConfig:
-    """Everything one call needs, resolved from server settings and the client's `session.init`."""
-
-    video: bool = False
-    conversation_mode: str = "assistant"  # assistant | roleplay | voice_cloning
-    language: str = "en"
-    instructions: str | None = None
-    ref_audio: Samples | None = None
-    greeting: str | None = None  # role-play: spoken first, before the user says anything
-    max_new_tokens: int = 256
-    min_new_tokens: int = 0  # >0 keeps the model from ending a reply early (benchmarks use it for long replies)
-    temperature: float | None = None
-    tts_enabled: bool = True
-    max_slice_nums: int | None = None
-    turn_detection: bool = True
-    turn: TurnConfig = field(default_factory=TurnConfig)
-    barge_in: bool = True
-    preroll_ms: int = 500
-    max_context_tokens: int = 8192
-    max_call_s: float = 1800.0
-    idle_timeout_s: float = 120.0
-    max_pending_audio_s: float = 30.0
-    max_prompt_tokens: int = 2048  # the instructions (with a character's persona), in the model's tokens
-    input_burst_s: float | None = 10.0  # input beyond real time refused after this much (None: no limit)
-    end_of_turn_threshold: float | None = None  # Smart Turn's confidence that ends a turn (None: not asked)
-    speculate: bool = False  # start the reply at a pause (`turn.pause_ms`), before the turn is confirmed
-    resume_window_s: float = 0.0  # talking again this soon after a reply became audible continues the turn
-
-    def model_mode(self) -> str:
-        return "omni" if self.video and self.conversation_mode == "assistant" else _VOICE_MODES[self.conversation_mode]
 
 
 @dataclass(frozen=True)
@@ -218,19 +171,14 @@ class CallSession:
         self._paused = False  # the turn's audio was cut at a pause: what follows waits to rejoin it
         self._frame: Image.Image | None = None
         self._in_turn = not config.turn_detection  # manual turn-taking: every sample belongs to a turn
-        self._conv_index = itertools.count()
-        self._conv: ConversationHandle = worker.open(self._next_conv_id())
+        self.context = CallContext(call_id, worker, config, send, on_fresh=self._forget_conversation, clock=clock)
         self._reply: Reply | None = None  # the latest reply (it may still be playing at the listener)
         self._greeting: Reply | None = None  # the role-play's greeting, guarded at its start
         self._pending_texts = 0
-        self._replies: deque[str] = deque(maxlen=3)  # recent reply texts, for a context roll-over
-        self._unit_tokens = 100  # estimate, refined by each prefill
         self._tg: asyncio.TaskGroup | None = None
         self._closing = False
         self.started_at = clock()
         self.turns: list[dict[str, Any]] = []
-        self.usage = {"input_tokens": 0, "output_tokens": 0, "audio_tokens": 0, "vision_tokens": 0}
-        self.late_units = 0
         self.client_underruns = 0  # as the client's player reports them
         self.audio_sink: AudioSink | None = None  # set before `run` by a transport with an audio track
         self.playback_underruns = 0  # as the server sees them (`Playback`), over all replies
@@ -293,18 +241,11 @@ class CallSession:
 
     async def release(self) -> None:
         """Free the model conversation (for a call that ends before `run`)."""
-        await self._worker.release(self._conv)
+        await self.context.release()
 
     async def start(self) -> None:
         """Prefill the system prompt of a fresh conversation; refuse one that leaves no room for a turn."""
-        await self._prefill_system_prompt()
-        if not self._fits_a_turn():
-            used, limit = self._conv.context_tokens, self.config.max_context_tokens
-            raise ProtocolError(
-                f"The instructions and the voice take {used:,} of this call's {limit:,} tokens of context, "
-                "leaving too little for the conversation: shorten them (or allow more context).",
-                code="text_too_long",
-            )
+        await self.context.start()
 
     async def run(self) -> str:
         """Serve the call; returns the `session.closed` reason."""
@@ -328,7 +269,7 @@ class CallSession:
             await self._send(Error.of(failure))
             reason = "error"
         finally:
-            await self._worker.release(self._conv)
+            await self.context.release()
         return reason
 
     async def _duration_limit(self) -> None:
@@ -491,7 +432,7 @@ class CallSession:
         if self._replying():
             return False
         reserve = self.config.max_new_tokens + 32  # no roll-over may fall between a checkpoint and its use
-        return self._conv.context_tokens + 2 * self._unit_tokens + reserve <= self.config.max_context_tokens
+        return self._conv.context_tokens + 2 * self.context.unit_tokens + reserve <= self.config.max_context_tokens
 
     def _go_on(self) -> None:
         """The user went on after a pause: a held reply is rolled back, the turn's audio rejoins the cutter."""
@@ -557,8 +498,8 @@ class CallSession:
             if self.audio_sink is not None:
                 self.audio_sink.flush()
             await self._send(ResponseCancelled(reply.response_id, reason="user_continued"))
-            if reply.status == "completed" and self._replies:
-                self._replies.pop()  # (the usage counters go back with the model state)
+            if reply.status == "completed" and self.context.recent_replies:
+                self.context.recent_replies.pop()  # (the usage counters go back with the model state)
         await self._send(protocol.SpeechStarted(audio_start_ms=_ms(event.sample_index)))
         self._work.put_nowait(_Rollback(withdraw="user_continued"))
         self._rejoin()
@@ -575,16 +516,16 @@ class CallSession:
         self._checkpoint = None
         if work.hold is not None and work.hold.dropped:
             return  # the user went on before it started: nothing to undo
-        await self._make_room(len(work.typed or "") * _TEXT_TOKENS_PER_CHAR)
+        await self.context.make_room(len(work.typed or "") * _TEXT_TOKENS_PER_CHAR)
         stats = work.stats
         if self._spec_engine is not None and (work.hold is not None or self._continuable_until is not None):
-            self._checkpoint = (await self._spec_engine.checkpoint(self._conv), dict(self.usage))
+            self._checkpoint = (await self._spec_engine.checkpoint(self._conv), dict(self.context.usage))
         if work.tail is not None:  # the reply waits on it; padded if shorter than the model takes (pad_tail)
             arrived = self._clock() if work.hold is not None else stats.speech_end_at
             tail = pad_tail(work.tail, MIN_AUDIO_SAMPLES)
             await self._prefill_unit(tail, arrived=arrived, bound_s=0.0, make_room=False)
         if work.typed is not None:
-            await self._prefill_text(work.typed)
+            await self.context.prefill_text(work.typed)
         stats.reply_start_at = self._clock()
         self._launch_reply(stats, work.hold)
 
@@ -598,14 +539,11 @@ class CallSession:
         state, usage = self._checkpoint
         self._checkpoint = None
         await self._spec_engine.rollback(self._conv, state)
-        self.usage = usage
+        self.context.usage = usage
 
     async def _greet(self, greeting: str) -> None:
         """Start a reply to a text turn asking for the greeting; the user can talk over it as over any reply."""
-        prompt = UserText(_GREETING[self.config.language].format(greeting=greeting))
-        before = self._conv.context_tokens
-        after = await self._worker.prefill(self._conv, [{"role": "user", "content": [prompt]}])
-        self._count_input(after - before)
+        await self.context.prefill_greeting(greeting)
         now = self._clock()
         self._launch_reply(TurnStats(speech_end_at=now, reply_start_at=now, compute_start_s=self._conv.compute_s))
         self._greeting = self._reply
@@ -634,25 +572,6 @@ class CallSession:
 
     # ---- model calls ------------------------------------------------------------------------------
 
-    async def _prefill_system_prompt(self, note: str | None = None) -> None:
-        cfg = self.config
-        if cfg.conversation_mode == "voice_cloning" and cfg.ref_audio is None:
-            raise ProtocolError("Voice-cloning mode needs a reference voice (voice.ref_audio_base64).")
-        mode, language, ref = cfg.model_mode(), cfg.language, cfg.ref_audio
-        msg = await self._worker.run(
-            self._conv, lambda m: m.get_sys_prompt(ref_audio=ref, mode=mode, language=language)
-        )
-        extra = []  # typed (or, for the note, model-written) text: inert and bounded by the engine
-        if cfg.instructions:
-            extra.append(UserText("\n" + cfg.instructions, cfg.max_prompt_tokens, "The call's instructions"))
-        if note:
-            extra.append(UserText("\n" + note))
-        if extra:
-            msg = {**msg, "content": [*msg["content"], *extra]}
-        before = self._conv.context_tokens
-        after = await self._worker.prefill(self._conv, [msg], max_slice_nums=cfg.max_slice_nums)
-        self._count_input(after - before, audio=0 if ref is None else audio_tokens(len(ref)))
-
     async def _prefill_unit(
         self, audio: Samples, *, arrived: float, bound_s: float = PREFILL_START_S, make_room: bool = True
     ) -> None:
@@ -660,59 +579,13 @@ class CallSession:
         # generator (it could not be resumed afterwards), so the reply ends first.
         await self._interrupt()
         if make_room:
-            await self._make_room()
+            await self.context.make_room()
         frame = self._frame if self.config.video else None
-        content: list[Any] = [audio]
-        if self.config.video:
-            content = ["<unit>", audio] if frame is None else ["<unit>", frame, audio]
-        before = self._conv.context_tokens
-        after = await self._worker.prefill(
-            self._conv,
-            [{"role": "user", "content": content}],
-            max_slice_nums=self.config.max_slice_nums,
-            deadline=arrived + bound_s,
-        )
-        if self._clock() - arrived > PREFILL_BOUND_S:
-            self.late_units += 1
-        added = after - before
-        self._unit_tokens = max(self._unit_tokens, added)
-        vision = 0 if frame is None else image_tokens(*frame.size, self.config.max_slice_nums)
-        self._count_input(added, audio=audio_tokens(len(audio)), vision=vision)
+        await self.context.prefill_unit(audio, frame, arrived=arrived, bound_s=bound_s)
 
-    def _fits_a_turn(self, extra_tokens: float = 0.0) -> bool:
-        """Whether the next unit (and `extra_tokens` more) and a whole reply still fit the context."""
-        reserve = self.config.max_new_tokens + 32
-        needed = self._unit_tokens + extra_tokens + reserve
-        return self._conv.context_tokens + needed <= self.config.max_context_tokens
-
-    async def _make_room(self, extra_tokens: float = 0.0) -> None:
-        if not self._fits_a_turn(extra_tokens):
-            await self._roll_over()
-
-    async def _prefill_text(self, text: str) -> None:
-        """A typed message as the user's text turn (after any audio of the same turn); made inert by the engine."""
-        before = self._conv.context_tokens
-        after = await self._worker.prefill(self._conv, [{"role": "user", "content": [UserText(text)]}])
-        self._count_input(after - before)
-
-    async def _roll_over(self) -> None:
-        """Go on in a fresh model conversation; it never loops: `start` made sure the system prompt leaves room."""
-        dropped = self._conv.context_tokens
-        recent = " ".join(self._replies)[-600:]
-        note = _MEMORY_NOTE[self.config.language].format(text=recent) if recent else None
-        await self._fresh_conversation(note)
-        if note is not None and not self._fits_a_turn():
-            await self._fresh_conversation(None)  # the note itself took the room: once more, without it
-        if not self._fits_a_turn():  # (units grew past the estimate `start` checked with)
-            raise SessionEnded("The conversation no longer fits the model's context.", code="context_full")
-        logger.info("context rolled over", extra={"session_id": self.id, "dropped_tokens": dropped})
-        await self._send(ConversationTruncated(reason="context_full", dropped_tokens=dropped))
-
-    async def _fresh_conversation(self, note: str | None) -> None:
-        await self._worker.release(self._conv)
-        self._conv = self._worker.open(self._next_conv_id())
-        self._checkpoint, self._continuable_until = None, None  # of the conversation just dropped
-        await self._prefill_system_prompt(note)
+    def _forget_conversation(self) -> None:
+        """A roll-over replaced the model conversation: nothing kept of the old one can be rolled back to."""
+        self._checkpoint, self._continuable_until = None, None
 
     def _next_response_id(self) -> str:
         return f"resp_{len(self.turns) + 1}"
@@ -753,11 +626,11 @@ class CallSession:
         if reply.status == "cancelled":  # rolled back: neither the context nor the call's memory keeps it
             reply.output_tokens = 0
         else:
-            self._replies.append("".join(reply.text))
-        self.usage["output_tokens"] += reply.output_tokens
-        timings = reply.stats.as_dict(self._conv.compute_s, self.late_units)
+            self.context.recent_replies.append("".join(reply.text))
+        self.context.usage["output_tokens"] += reply.output_tokens
+        timings = reply.stats.as_dict(self._conv.compute_s, self.context.late_units)
         self.turns.append({"status": reply.status, **timings})
-        u = self.usage
+        u = self.context.usage
         usage = usage_payload(u["input_tokens"], u["output_tokens"], u["audio_tokens"], u["vision_tokens"])
         response = {
             "id": reply.response_id,
@@ -774,21 +647,22 @@ class CallSession:
         """Seconds of reply audio the listener has buffered now, as the server sees it (0 when silent)."""
         return 0.0 if self._reply is None else self._reply.ahead_s(self._clock())
 
-    def _count_input(self, tokens: int, *, audio: int = 0, vision: int = 0) -> None:
-        """Count a prefill: `tokens` the context grew by, of which `audio` and `vision` are the placeholders the
-        model's processor made (engine/placeholders.py; a sliced 640×480 frame is 198); never more than grew."""
-        tokens = max(0, tokens)
-        audio = min(audio, tokens)
-        self.usage["input_tokens"] += tokens
-        self.usage["audio_tokens"] += audio
-        self.usage["vision_tokens"] += min(vision, tokens - audio)
-
-    def _next_conv_id(self) -> str:
-        return f"{self.id}.{next(self._conv_index)}"
-
     @property
     def conversation(self) -> ConversationHandle:
-        return self._conv
+        return self.context.handle
+
+    @property
+    def _conv(self) -> ConversationHandle:
+        return self.context.handle
+
+    @property
+    def usage(self) -> dict[str, int]:
+        """Tokens the call has put into the model and had out of it, by kind."""
+        return self.context.usage
+
+    @property
+    def late_units(self) -> int:
+        return self.context.late_units
 
 
 def describe_engine(info: EngineInfo) -> dict[str, Any]:

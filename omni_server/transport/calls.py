@@ -43,9 +43,10 @@ from omni_server.protocol import (
     SessionQueueDone,
     encode,
 )
+from omni_server.session.call_config import CallConfig
 from omni_server.session.manager import SessionManager
 from omni_server.session.reply import AudioSink
-from omni_server.session.session import CallConfig, CallSession, describe_engine
+from omni_server.session.session import CallSession, describe_engine
 from omni_server.transport.guard import SlowClient
 from omni_server.transport.reader import CallReader
 

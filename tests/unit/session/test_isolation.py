@@ -21,7 +21,8 @@ from omni_server.engine.cost import EngineCost
 from omni_server.engine.tiny import build_tiny_engine
 from omni_server.engine.worker import EngineWorker
 from omni_server.protocol import ServerEvent
-from omni_server.session.session import CallConfig, CallSession
+from omni_server.session.call_config import CallConfig
+from omni_server.session.session import CallSession
 from omni_server.session.vad_feed import VadFeed
 from tests import speech
 from tests.conftest import timeout

@@ -22,7 +22,8 @@ from omni_server.engine.worker import EngineWorker
 from omni_server.media.smart_turn import SmartTurnModel
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import ServerEvent
-from omni_server.session.session import CallConfig, CallSession
+from omni_server.session.call_config import CallConfig
+from omni_server.session.session import CallSession
 from omni_server.session.turns import TurnConfig
 from omni_server.session.vad_feed import VadFeed
 from tests import speech

@@ -17,7 +17,8 @@ from omni_server.engine.text import UserText
 from omni_server.engine.tiny import build_tiny_engine
 from omni_server.engine.worker import EngineWorker
 from omni_server.errors import ProtocolError
-from omni_server.session.session import GREETING_GUARD_S, MAX_PENDING_TEXTS, CallConfig, CallSession
+from omni_server.session.call_config import CallConfig
+from omni_server.session.session import GREETING_GUARD_S, MAX_PENDING_TEXTS, CallSession
 from omni_server.session.vad_feed import VadFeed
 from tests.unit.session.test_isolation import PIECE, TAIL, Recorder, Samples
 
