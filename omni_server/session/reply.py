@@ -21,8 +21,9 @@ Start-up hold: MiniCPM-o's second chunk brings 85 ms of audio for a whole TTS st
 starts on the first chunk at once runs dry before the third. The first chunk's audio is held back for
 `LeadIn.hold_s()` (lead_in.py: learned from the chunk timing of recent replies; nothing on a fast
 engine), chunks that arrive meanwhile join it, and the reply reports the hold as `lead_in_ms`. A
-speculative reply released with two audio chunks or more in hand needs no hold, and teaches `LeadIn`
-nothing (its chunks were made ahead of the pace).
+speculative reply's chunks count as arriving when the turn is confirmed (they could not be sent before),
+so the hold and what `LeadIn` learns from it follow the pace after the release, which is what the
+listener hears.
 
 Reply audio goes to the client as `response.output_audio.delta` events, unless the transport carries
 it on a media track: then an `AudioSink` gets each chunk instead, is told when the reply ends, and is
@@ -150,6 +151,7 @@ class Reply:
         self.arrivals: list[Arrival] = []  # (when each audio chunk was there, its duration), for `LeadIn`
         self._startup: list[npt.NDArray[np.float32]] = []  # audio held back by the start-up hold
         self._hold_until: float | None = None  # while set, audio is held
+        self._pull: asyncio.Future[OutputChunk | None] | None = None  # a chunk being made at a speculation's release
 
     @property
     def playback(self) -> Playback:
@@ -260,9 +262,12 @@ class Reply:
                 self._sink.flush()  # before anything that awaits: barge-in silences at once
             elif self._sink is not None and self.heard:
                 self._sink.end()
+            if self._pull is not None:  # released, then stopped before it was taken
+                self._pull.cancel()
+                await asyncio.wait([self._pull])
             if stream is not None:
                 await asyncio.shield(stream.close())
-            if self._lead_in is not None and self.hold is None:  # a speculation's chunks were made ahead
+            if self._lead_in is not None:
                 self._lead_in.observe(self.arrivals)
             self.output_tokens = max(0, conv.context_tokens - before)
             if self.heard:  # a speculation never released has said nothing and leaves no trace
@@ -276,19 +281,34 @@ class Reply:
                     await asyncio.shield(on_done(self))
 
     async def _held(self, stream: ReplyChunks, hold: Hold) -> list[OutputChunk | None]:
-        """Chunks made on spare model time until the turn is confirmed (all of them, if the reply ends first)."""
+        """Chunks made on spare model time until the turn is confirmed (all of them, if the reply ends first).
+        A chunk still being made at the release is left to `_next` (`_pull`): what
+        was made goes out at once, not after it."""
         held: list[OutputChunk | None] = []
-        while not hold.released.is_set():
-            if held and held[-1] is None:
-                await hold.released.wait()
-                break
-            try:
-                held.append(await stream.next(read_ahead=True))
-            except ReplyFailed as e:  # kept to say once the turn is confirmed, after what was made
-                self.failure = e.message
-                held.append(None)
-                continue
-            hold.chunks += held[-1] is not None
+        released = asyncio.ensure_future(hold.released.wait())
+        pull: asyncio.Future[OutputChunk | None] | None = None
+        try:
+            while not hold.released.is_set():
+                if held and held[-1] is None:
+                    await released
+                    break
+                pull = asyncio.ensure_future(stream.next(read_ahead=True))
+                await asyncio.wait([pull, released], return_when=asyncio.FIRST_COMPLETED)
+                if not pull.done():
+                    self._pull = pull
+                    break
+                try:
+                    chunk = pull.result()
+                except ReplyFailed as e:  # kept to say once the turn is confirmed, after what was made
+                    self.failure = e.message
+                    chunk = None
+                held.append(chunk)
+                hold.chunks += chunk is not None
+        finally:
+            released.cancel()
+            if pull is not None and not pull.done() and pull is not self._pull:  # dropped, or the call ends
+                pull.cancel()
+                await asyncio.wait([pull])
         return held
 
     async def _stream(
@@ -312,9 +332,7 @@ class Reply:
                 if stats.first_ready_at is None:
                     stats.first_ready_at = now
                     stats.compute_first_audio_s = conv.compute_s
-                    # A speculation that made a second audio chunk ahead has already covered the start-up gap.
-                    ahead = any(c is not None and c.audio.size for c in held)
-                    hold_s = 0.0 if self._lead_in is None or ahead else self._lead_in.hold_s()
+                    hold_s = 0.0 if self._lead_in is None else self._lead_in.hold_s()
                     self._hold_until = now + hold_s if hold_s > 0 else None
                 self._startup.append(chunk.audio)
                 due = self._hold_until
@@ -326,14 +344,18 @@ class Reply:
         await self._release()  # a reply shorter than the hold: nothing more is coming
 
     async def _next(self, stream: ReplyChunks, deadline: float) -> OutputChunk | None:
-        """The next chunk; audio held back meanwhile is released when its hold ends."""
-        if self._hold_until is None:
-            return await stream.next(deadline=deadline, read_ahead=True)
-        pull = asyncio.ensure_future(stream.next(deadline=deadline, read_ahead=True))
+        """The next chunk (or the one a speculation was making when it was released); audio held back
+        meanwhile is released when its hold ends."""
+        pull, self._pull = self._pull, None
+        if pull is None:
+            if self._hold_until is None:
+                return await stream.next(deadline=deadline, read_ahead=True)
+            pull = asyncio.ensure_future(stream.next(deadline=deadline, read_ahead=True))
         try:
-            done, _ = await asyncio.wait([pull], timeout=max(0.0, self._hold_until - self._clock()))
-            if not done:
-                await self._release()
+            if self._hold_until is not None:
+                done, _ = await asyncio.wait([pull], timeout=max(0.0, self._hold_until - self._clock()))
+                if not done:
+                    await self._release()
             return await pull
         finally:
             if not pull.done():  # cancelled while waiting (barge-in): the pull goes with it

@@ -12,6 +12,7 @@ import numpy as np
 from omni_server.engine.base import OutputChunk
 from omni_server.session.lead_in import LeadIn
 from omni_server.session.reply import Reply, TurnStats
+from omni_server.session.turn_end import Hold
 from tests.conftest import timeout
 
 STEP = np.full(12_800, 0.1, np.float32)  # 0.533 s at 24 kHz
@@ -177,3 +178,57 @@ async def test_interrupting_a_reply_that_is_closing_its_stream_keeps_its_respons
         closed.set()
         await interrupting
     assert ending == ["interrupted"]
+
+
+class SpeculativeWorker(Worker):
+    """A model that can start a reply before the turn is confirmed (the parts of SpeculativeEngine a reply uses)."""
+
+    async def checkpoint(self, conv: Any) -> Any:
+        return None
+
+    async def rollback(self, conv: Any, checkpoint: Any) -> None:
+        pass
+
+    def expect_work(self, conv: Any, notice_s: float | None) -> None:
+        pass
+
+    async def reply(self, conv: Any, *, speculative: bool = False, **kwargs: Any) -> Stream:
+        self.stream.confirm = lambda deadline: None  # type: ignore[attr-defined]
+        return self.stream
+
+
+async def test_a_released_speculation_goes_out_without_waiting_for_the_chunk_in_the_making() -> None:
+    """What a speculation made goes out from its release (after the start-up hold, counted from then), not
+    once the chunk the model was making meanwhile is done; and it teaches the LeadIn like any reply."""
+    lead_in = LeadIn(margin_s=0.04, max_s=0.5)
+    lead_in.observe([(0.0, 0.4), (0.5, 0.1)])  # holds ~0.17 s
+    hold_s = lead_in.hold_s()
+    stream, sink = Stream(), Sink()
+    hold = Hold(response_id="resp_1")
+    done = asyncio.Event()
+
+    async def on_done(_: Reply) -> None:
+        done.set()
+
+    async def send(_: Any) -> None:
+        pass
+
+    now = time.monotonic()
+    stats = TurnStats(speech_end_at=now, reply_start_at=now, speculation=hold)
+    reply = Reply("resp_1", stats, send=send, sink=sink, lead_in=lead_in, hold=hold)
+    async with asyncio.TaskGroup() as tg:
+        reply.start(tg, SpeculativeWorker(stream), Conversation(), {}, closing=lambda: False, on_done=on_done)
+        await stream.chunks.put(OutputChunk("a", STEP))
+        await _sent()
+        await asyncio.sleep(0.05)
+        assert sink.writes == []  # nothing is said before the release
+        released = time.monotonic()
+        hold.release(released, released + 1.0)  # the model is still making the next chunk
+        await asyncio.wait_for(sink.wrote.wait(), timeout(5))
+        first_at = time.monotonic()
+        await stream.chunks.put(OutputChunk("", STEP))
+        await _sent()
+        await stream.chunks.put(None)
+        await asyncio.wait_for(done.wait(), timeout(5))
+    assert hold_s - 0.005 <= first_at - released < hold_s + timeout(0.1)
+    assert len(sink.writes) == 2 and len(lead_in.needs) == 2  # the speculation was observed too
