@@ -42,6 +42,7 @@ class EngineCost:
     audio_rtf: float = 0.0  # seconds of compute per second of speech a TTS step decodes
     text_chunk_s: float = 0.0  # per text-only chunk (3 tokens)
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for f in _KNOBS:
@@ -52,7 +53,7 @@ class EngineCost:
     @classmethod
     def preset(cls, name: str, sleep: Callable[[float], None] = time.sleep) -> EngineCost:
         """The named preset (`"none"`, `"minicpmo-2.6"`)."""
-        return cls(**_preset_knobs(name), sleep=sleep)
+        return cls(**_preset_knobs(name), sleep=sleep, clock=time.monotonic)
 
     @classmethod
     def parse(cls, text: str, sleep: Callable[[float], None] = time.sleep) -> EngineCost:
@@ -77,11 +78,11 @@ class EngineCost:
                 knobs[key] = float(value)
             except ValueError:
                 raise ValueError(f"engine cost {key}={value!r} is not a number") from None
-        return cls(**knobs, sleep=sleep)
+        return cls(**knobs, sleep=sleep, clock=time.monotonic)
 
-    def with_sleep(self, sleep: Callable[[float], None]) -> EngineCost:
-        """The same costs, sleeping through `sleep`."""
-        return dataclasses.replace(self, sleep=sleep)
+    def with_sleep(self, sleep: Callable[[float], None], clock: Callable[[], float] | None = None) -> EngineCost:
+        """The same costs, sleeping through `sleep` (and reading `clock`, when given)."""
+        return dataclasses.replace(self, sleep=sleep, clock=clock or self.clock)
 
     @property
     def is_free(self) -> bool:
@@ -96,9 +97,12 @@ class EngineCost:
         """Sleep before the first chunk of a reply."""
         self._sleep(self.first_chunk_s)
 
-    def on_tts_step(self, audio_s: float) -> None:
-        """Sleep for a TTS step that decodes `audio_s` seconds of speech."""
-        self._sleep(self.audio_rtf * audio_s)
+    def on_tts_step(self, audio_s: float, since: float | None = None) -> None:
+        """Sleep for a TTS step that decodes `audio_s` seconds of speech; the tiny model's own compute since
+        `since` (`clock()` when the step's work began) counts toward it, so that on a slow or busy CPU a
+        step takes the published time, not the published time plus the stand-in's."""
+        spent = 0.0 if since is None else max(0.0, self.clock() - since)
+        self._sleep(self.audio_rtf * audio_s - spent)
 
     def on_text_chunk(self) -> None:
         """Sleep before a text-only chunk."""

@@ -110,6 +110,7 @@ def speak(
     text, steps = "", 0
     cond = torch.zeros(HIDDEN)
     seg = _Segment()
+    since = cost.clock()  # when the work toward the next yield began (the model's text steps count too)
 
     def give(wav: torch.Tensor) -> OmniOutput:
         nonlocal text
@@ -118,24 +119,25 @@ def speak(
         return out
 
     def step(k: int) -> Iterator[OmniOutput]:
-        nonlocal steps
-        # The cost is the step's (k codes of speech), whatever part of it this yield gives out: a segment's
-        # second yield gives only the 2048-sample cross-fade for a whole step's compute, as the real model's.
-        if steps == 0:
-            cost.on_first_chunk()
-        cost.on_tts_step(k * SAMPLES_PER_CODE / OUTPUT_SAMPLE_RATE_HZ)
-        steps += 1
+        nonlocal steps, since
         codes = head.codes(cond, k, rng)
         decoded = codes if seg.overlap is None else torch.cat([seg.overlap, codes])
         wav = head.waveform(decoded)
         seg.codes.append(codes)
         seg.steps, seg.overlap = seg.steps + 1, None
+        # The cost is the step's (k codes of speech), whatever part of it this yield gives out: a segment's
+        # second yield gives only the 2048-sample cross-fade for a whole step's compute, as the real model's.
+        if steps == 0:
+            cost.on_first_chunk()
+        cost.on_tts_step(k * SAMPLES_PER_CODE / OUTPUT_SAMPLE_RATE_HZ, since=since)
+        steps += 1
         if seg.held is None:  # a segment's first step keeps its last 2048 samples back for the cross-fade
             seg.held = wav[-CROSSFADE:]
             yield give(wav[:-CROSSFADE])
         else:
             previous, seg.held = seg.held, wav
             yield give(previous)
+        since = cost.clock()
 
     def finish() -> Iterator[OmniOutput]:
         while seg.codes_done < seg.tail_target():

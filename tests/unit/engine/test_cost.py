@@ -81,3 +81,15 @@ def test_with_sleep_keeps_the_costs() -> None:
     assert swapped == cost and swapped.sleep is rec
     swapped.on_first_chunk()
     assert rec.calls == [cost.first_chunk_s]
+
+
+def test_a_tts_step_counts_the_stand_ins_own_compute() -> None:
+    """A step sleeps what is left of rtf × its speech after the compute since `since`; nothing when over."""
+    slept: list[float] = []
+    now = [10.0]
+    cost = EngineCost(audio_rtf=0.6, sleep=slept.append, clock=lambda: now[0])
+    cost.on_tts_step(0.5, since=9.9)  # 0.3 s of emulated compute, 0.1 s of it spent already
+    now[0] = 20.0
+    cost.on_tts_step(0.5, since=19.5)  # the stand-in alone took longer than the real step would
+    cost.on_tts_step(0.5)  # nothing spent said: the whole step
+    assert slept == pytest.approx([0.2, 0.3])

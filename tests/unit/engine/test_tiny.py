@@ -397,7 +397,7 @@ def test_cost_sleeps_for_prefill_first_chunk_and_audio() -> None:
     rtf × the speech it decodes: the 2048-sample second chunk costs a whole step, the held-back last one nothing."""
     slept: list[float] = []
     cost = EngineCost.parse("prefill_s_per_unit=0.02,prefill_s_per_frame=0.05,first_chunk_s=0.7,audio_rtf=0.5")
-    engine = build_tiny_engine(seed=0, cost=cost.with_sleep(slept.append))
+    engine = build_tiny_engine(seed=0, cost=cost.with_sleep(slept.append, clock=lambda: 0.0))  # compute free
     model = model_of(engine)
     model.streaming_prefill("s1", [model.get_sys_prompt(None, "default", "en")], engine.tokenizer)
     model.streaming_prefill("s1", user("<unit>", FRAME, SECOND), engine.tokenizer)
