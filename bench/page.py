@@ -88,9 +88,9 @@ class Run:
         return f"{text} (server: {pct(own_ms, 50):.0f} ms)" if own_ms.size else text
 
 
-def mic_file(workdir: Path, pause_s: float) -> Path:
+def mic_file(workdir: Path, text: str, pause_s: float) -> Path:
     """The utterance after a short lead and before `pause_s` of silence, 48 kHz, for Chromium to loop."""
-    speech = espeak(workdir, SENTENCE)
+    speech = espeak(workdir, text)
     ratio = MIC_RATE_HZ // INPUT_RATE_HZ
     up = np.interp(np.arange(len(speech) * ratio) / ratio, np.arange(len(speech)), speech)
     audio = np.concatenate([np.zeros(int(LEAD_S * MIC_RATE_HZ)), up, np.zeros(int(pause_s * MIC_RATE_HZ))])
@@ -176,16 +176,16 @@ def comparison(runs: Sequence[Run]) -> list[str]:
 async def bench(args: argparse.Namespace, runs: list[Run]) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="omni-bench-page-") as tmp:
         workdir = Path(tmp)
-        wav = mic_file(workdir, args.pause_s)
+        wav = mic_file(workdir, args.text, args.pause_s)
         for cost in args.engine_cost.split(","):
             flags = ["--engine-cost", cost, "--vad-silence-ms", str(args.vad_silence_ms), "--max-sessions", "1"]
             async with server_process(workdir, flags) as server:
                 for path in args.paths.split(","):
                     runs.append(await page_call(server.port, server.token, wav, path, args.turns, cost))
     return [
-        f'Page calls in Chromium (fake mic looping espeak-ng "{SENTENCE}" and {args.pause_s:.1f} s of silence; '
-        f"VAD silence window {args.vad_silence_ms} ms; tiny engine, whose speech is noise, so any silence heard "
-        "inside a reply is a gap). Parts add up to the total: decision = speech end → `input.speech_stopped` "
+        f'Page calls in Chromium (fake mic looping espeak-ng "{args.text}" and {args.pause_s:.1f} s of silence; '
+        'the page\'s turn-taking preset "normal": a 800 ms silence window, or Smart Turn sure at 0.5 after a '
+        "200 ms pause; tiny engine, whose speech is noise, so any silence heard inside a reply is a gap). Parts add up to the total: decision = speech end → `input.speech_stopped` "
         "at the page; prefill, model, hold = the server's timings; playout = the rest (network, jitter "
         "buffer or player, speaker).",
         "",
@@ -200,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--turns", type=int, default=8, help="Turns measured per page call.")
     p.add_argument("--engine-cost", default="none,minicpmo-2.6", help="Server --engine-cost values, comma-separated.")
     p.add_argument("--paths", default="webrtc,websocket", help="Media paths, comma-separated.")
-    p.add_argument("--vad-silence-ms", type=int, default=500, help="Passed to the server.")
+    p.add_argument("--vad-silence-ms", type=int, default=800, help="Passed to the server (API calls' default).")
+    p.add_argument("--text", default=SENTENCE, help="What the fake microphone says (espeak-ng, English).")
     p.add_argument("--pause-s", type=float, default=5.5, help="Silence after each utterance (the reply plays).")
     p.add_argument("--quick", action="store_true", help="3 turns per call.")
     p.add_argument("--results", default=str(RESULTS), help="Append the section here ('' only prints).")
