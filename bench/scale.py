@@ -58,6 +58,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ratio-limit", type=float, default=1.5, help="Real time if p95 first audio ≤ this × baseline.")
     p.add_argument("--vad-silence-ms", type=int, default=500, help="Passed to the server.")
     p.add_argument("--event-loop", default="auto", help="Passed to the server: auto, asyncio or uvloop.")
+    p.add_argument("--server-args", default="", help='More server flags, e.g. "--no-turn-model --no-speculate".')
     p.add_argument("--processes", type=int, default=None, help="Load generator processes (default: one per 25).")
     p.add_argument("--seed", type=int, default=0, help="Seeds the callers' start offsets.")
     return p.parse_args(argv)
@@ -95,6 +96,7 @@ async def run_path(args: argparse.Namespace, workdir: Path, path: str) -> list[s
     most = str(max([1, *levels]))
     flags = ["--vad-silence-ms", str(args.vad_silence_ms), "--engine-cost", "none", "--max-queue", "16"]
     flags += ["--max-sessions", most, "--max-connections-per-ip", most, "--event-loop", args.event_loop]
+    flags += args.server_args.split()
     common = {"silence_ms": args.vad_silence_ms, "processes": args.processes, "transport": transport}
     async with server_process(workdir, flags) as server:
         # WebRTC callers talk until the deadline whatever max_turns says: ~6 s a turn (3.4 s speech, reply, pause).
@@ -144,7 +146,7 @@ async def bench(args: argparse.Namespace) -> list[str]:
     lines = [
         f"Tiny engine, no engine cost; {args.duration_s:.0f} s per level; real time = no failed turn, no stall, "
         f"p95 first audio ≤ {args.ratio_limit}× the path's 1-call p95, input lag p95 ≤ 100 ms; server "
-        f"event loop `{args.event_loop}`.",
+        f"event loop `{args.event_loop}`; other server flags: `{args.server_args or 'none'}`.",
         "",
     ]
     with tempfile.TemporaryDirectory(prefix="omni-scale-") as tmp:
