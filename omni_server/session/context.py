@@ -131,12 +131,6 @@ class CallContext:
         if not self.fits_a_turn(extra_tokens):
             await self._roll_over()
 
-    def reply_done(self, text: str | None, output_tokens: int) -> None:
-        """Count a reply; its `text` is remembered for a roll-over's note (None: rolled back, forgotten)."""
-        if text is not None:
-            self.recent_replies.append(text)
-        self.usage["output_tokens"] += output_tokens
-
     async def _prefill_user_text(self, text: UserText) -> None:
         before = self.handle.context_tokens
         after = await self._worker.prefill(self.handle, [{"role": "user", "content": [text]}])

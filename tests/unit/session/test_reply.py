@@ -72,7 +72,8 @@ async def _sent() -> None:
         await asyncio.sleep(0)
 
 
-async def _play(lead_in: LeadIn, script: Any) -> tuple[Reply, Sink, Stream]:
+async def _play(lead_in: LeadIn, script: Any, hold: Hold | None = None) -> tuple[Reply, Sink, Stream]:
+    """A reply (speculative with `hold`) on a stream the `script` feeds, until it is done."""
     stream, sink = Stream(), Sink()
     done = asyncio.Event()
 
@@ -83,9 +84,11 @@ async def _play(lead_in: LeadIn, script: Any) -> tuple[Reply, Sink, Stream]:
         pass
 
     now = time.monotonic()
-    reply = Reply("resp_1", TurnStats(speech_end_at=now, reply_start_at=now), send=send, sink=sink, lead_in=lead_in)
+    stats = TurnStats(speech_end_at=now, reply_start_at=now, speculation=hold)
+    reply = Reply("resp_1", stats, send=send, sink=sink, lead_in=lead_in, hold=hold)
+    worker = Worker(stream) if hold is None else SpeculativeWorker(stream)
     async with asyncio.TaskGroup() as tg:
-        reply.start(tg, Worker(stream), Conversation(), {}, closing=lambda: False, on_done=on_done)
+        reply.start(tg, worker, Conversation(), {}, closing=lambda: False, on_done=on_done)
         await script(reply, stream, sink)
         await asyncio.wait_for(done.wait(), timeout(5))
     return reply, sink, stream
@@ -203,32 +206,24 @@ async def test_a_released_speculation_goes_out_without_waiting_for_the_chunk_in_
     lead_in = LeadIn(margin_s=0.04, max_s=0.5)
     lead_in.observe([(0.0, 0.4), (0.5, 0.1)])  # holds ~0.17 s
     hold_s = lead_in.hold_s()
-    stream, sink = Stream(), Sink()
     hold = Hold(response_id="resp_1")
-    done = asyncio.Event()
+    released: list[float] = []
+    first: list[float] = []
 
-    async def on_done(_: Reply) -> None:
-        done.set()
-
-    async def send(_: Any) -> None:
-        pass
-
-    now = time.monotonic()
-    stats = TurnStats(speech_end_at=now, reply_start_at=now, speculation=hold)
-    reply = Reply("resp_1", stats, send=send, sink=sink, lead_in=lead_in, hold=hold)
-    async with asyncio.TaskGroup() as tg:
-        reply.start(tg, SpeculativeWorker(stream), Conversation(), {}, closing=lambda: False, on_done=on_done)
+    async def script(reply: Reply, stream: Stream, sink: Sink) -> None:
         await stream.chunks.put(OutputChunk("a", STEP))
         await _sent()
         await asyncio.sleep(0.05)
         assert sink.writes == []  # nothing is said before the release
-        released = time.monotonic()
-        hold.release(released, released + 1.0)  # the model is still making the next chunk
+        released.append(time.monotonic())
+        hold.release(released[0], released[0] + 1.0)  # the model is still making the next chunk
         await asyncio.wait_for(sink.wrote.wait(), timeout(5))
-        first_at = time.monotonic()
+        first.append(time.monotonic())
         await stream.chunks.put(OutputChunk("", STEP))
         await _sent()
         await stream.chunks.put(None)
-        await asyncio.wait_for(done.wait(), timeout(5))
-    assert hold_s - 0.005 <= first_at - released < hold_s + timeout(0.1)
+
+    _, sink, _ = await _play(lead_in, script, hold)
+    first_at, released_at = first[0], released[0]
+    assert hold_s - 0.005 <= first_at - released_at < hold_s + timeout(0.1)
     assert len(sink.writes) == 2 and len(lead_in.needs) == 2  # the speculation was observed too
