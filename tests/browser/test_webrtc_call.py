@@ -37,6 +37,14 @@ async def test_webrtc_video_call_speaks_barges_in_shares_and_hangs_up(
         return await prefill(conv, msgs, **kwargs)
 
     monkeypatch.setattr(server.worker, "prefill", spy)
+    reply = server.worker.reply
+
+    async def long_reply(conv: Any, **kwargs: Any) -> Any:
+        """Replies that run to max_new_tokens: the tiny engine's speech, like the real model's, often ends after a
+        step or two, and the second utterance must find reply audio still queued on the server's track."""
+        return await reply(conv, **{**kwargs, "min_new_tokens": 3})
+
+    monkeypatch.setattr(server.worker, "reply", long_reply)
     async with launch_browser() as browser:
         context, page, js_errors = await open_page(browser, server, viewport=DESKTOP, transport="webrtc")
         await page.click("#video-call")
