@@ -410,7 +410,7 @@ class CallSession:
         self._tail, self._since_tail = self._cutter.flush(), self._kept()
         if not self._may_speculate():
             return
-        stats = TurnStats(compute_start_s=self._conv.compute_s)
+        stats = TurnStats(compute_start_s=self.conversation.compute_s)
         hold = Hold(response_id=self._next_response_id(), started_at=self._clock())
         stats.speculation = hold
         self._hold = (hold, stats)
@@ -432,7 +432,9 @@ class CallSession:
         if self._replying():
             return False
         reserve = self.config.max_new_tokens + 32  # no roll-over may fall between a checkpoint and its use
-        return self._conv.context_tokens + 2 * self.context.unit_tokens + reserve <= self.config.max_context_tokens
+        return (
+            self.conversation.context_tokens + 2 * self.context.unit_tokens + reserve <= self.config.max_context_tokens
+        )
 
     def _go_on(self) -> None:
         """The user went on after a pause: a held reply is rolled back, the turn's audio rejoins the cutter."""
@@ -474,7 +476,7 @@ class CallSession:
             hold.release(now, now + FIRST_CHUNK_SLACK_S)
             return
         self._stop_reply()  # manual turns: a commit during a reply replaces it (one reply at a time)
-        stats = TurnStats(speech_end_at=now, compute_start_s=self._conv.compute_s, end=end)
+        stats = TurnStats(speech_end_at=now, compute_start_s=self.conversation.compute_s, end=end)
         if not paused:  # (after a pause the turn's audio was cut there already)
             self._tail, self._since_tail = self._cutter.flush(), self._kept()
         if self._continuable_until is None:
@@ -508,7 +510,7 @@ class CallSession:
         """While the user speaks, their reply may be due soon after any moment: other calls must not
         start speculations that would hold the model longer than that."""
         if self._spec_engine is not None:
-            self._spec_engine.expect_work(self._conv, FIRST_CHUNK_SLACK_S if speaking else None)
+            self._spec_engine.expect_work(self.conversation, FIRST_CHUNK_SLACK_S if speaking else None)
 
     async def _start_reply(self, work: _StartReply) -> None:
         """Model loop: checkpoint (when the reply may be rolled back), prefill the tail, start the reply."""
@@ -519,7 +521,7 @@ class CallSession:
         await self.context.make_room(len(work.typed or "") * _TEXT_TOKENS_PER_CHAR)
         stats = work.stats
         if self._spec_engine is not None and (work.hold is not None or self._continuable_until is not None):
-            self._checkpoint = (await self._spec_engine.checkpoint(self._conv), dict(self.context.usage))
+            self._checkpoint = (await self._spec_engine.checkpoint(self.conversation), dict(self.context.usage))
         if work.tail is not None:  # the reply waits on it; padded if shorter than the model takes (pad_tail)
             arrived = self._clock() if work.hold is not None else stats.speech_end_at
             tail = pad_tail(work.tail, MIN_AUDIO_SAMPLES)
@@ -538,14 +540,16 @@ class CallSession:
             return
         state, usage = self._checkpoint
         self._checkpoint = None
-        await self._spec_engine.rollback(self._conv, state)
+        await self._spec_engine.rollback(self.conversation, state)
         self.context.usage = usage
 
     async def _greet(self, greeting: str) -> None:
         """Start a reply to a text turn asking for the greeting; the user can talk over it as over any reply."""
         await self.context.prefill_greeting(greeting)
         now = self._clock()
-        self._launch_reply(TurnStats(speech_end_at=now, reply_start_at=now, compute_start_s=self._conv.compute_s))
+        self._launch_reply(
+            TurnStats(speech_end_at=now, reply_start_at=now, compute_start_s=self.conversation.compute_s)
+        )
         self._greeting = self._reply
 
     def _greeting_guarded(self) -> bool:
@@ -611,7 +615,12 @@ class CallSession:
         )
         assert self._tg is not None
         reply.start(
-            self._tg, self._worker, self._conv, gen_kwargs, closing=lambda: self._closing, on_done=self._reply_done
+            self._tg,
+            self._worker,
+            self.conversation,
+            gen_kwargs,
+            closing=lambda: self._closing,
+            on_done=self._reply_done,
         )
         self._reply = reply
 
@@ -628,7 +637,7 @@ class CallSession:
         else:
             self.context.recent_replies.append("".join(reply.text))
         self.context.usage["output_tokens"] += reply.output_tokens
-        timings = reply.stats.as_dict(self._conv.compute_s, self.context.late_units)
+        timings = reply.stats.as_dict(self.conversation.compute_s, self.context.late_units)
         self.turns.append({"status": reply.status, **timings})
         u = self.context.usage
         usage = usage_payload(u["input_tokens"], u["output_tokens"], u["audio_tokens"], u["vision_tokens"])
@@ -649,10 +658,6 @@ class CallSession:
 
     @property
     def conversation(self) -> ConversationHandle:
-        return self.context.handle
-
-    @property
-    def _conv(self) -> ConversationHandle:
         return self.context.handle
 
     @property
