@@ -354,7 +354,7 @@ export class Call {
     r.shownChars = r.text.length;
     this.view.setAssistantText(r.line, r.text);
     this.speechRate.add(r.text.length, r.audioS);
-    this.recordReply(r.summary(r.audioS));
+    this.recordReply(r.summary(r.audioS, this.speechRate.charsPerS()));
   }
 
   /** A reply cut short: keep the words heard after `playedS` seconds, mark it interrupted. */
@@ -363,7 +363,7 @@ export class Call {
     r.cut = true;
     this.showHeard(r, playedS);
     this.view.markInterrupted(r.line);
-    this.recordReply(r.summary(playedS));
+    this.recordReply(r.summary(playedS, this.speechRate.charsPerS()));
   }
 
   recordReply(summary) {

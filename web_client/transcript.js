@@ -53,10 +53,11 @@ export class Reply {
     return this.text.slice(0, this.shownChars);
   }
 
-  /** What the call's trace keeps of it. */
-  summary(playedS) {
+  /** What the call's trace keeps of it (`charsPerS`: the speech rate its words were revealed at). */
+  summary(playedS, charsPerS) {
     const { id, text, audioS, interrupted } = this;
-    return { id, text, shown: this.shown(), playedS: Math.round(playedS * 1000) / 1000, audioS, interrupted };
+    const round = (x, places) => Math.round(x * 10 ** places) / 10 ** places;
+    return { id, text, shown: this.shown(), playedS: round(playedS, 3), audioS, interrupted, charsPerS: round(charsPerS, 2) };
   }
 }
 

@@ -102,8 +102,8 @@ def check_heard(reply: dict[str, Any]) -> None:
     assert reply["interrupted"] and text.startswith(shown), reply
     if reply["audioS"]:  # fully generated: the same fraction of the text as of the audio
         assert len(shown) <= len(text) * played / reply["audioS"] + 1, reply
-    else:  # still generating: at most the typical English rate (the call's own rate is measured later)
-        assert len(shown) <= 14 * played + 1, reply
+    else:  # still generating: at most the call's speech rate (a language's typical rate until measured)
+        assert len(shown) <= reply["charsPerS"] * played + 1, reply
 
 
 async def test_voice_call_on_a_phone(
