@@ -1,7 +1,9 @@
 """Scale benchmark: how many real-time calls the gateway (transport + session + VAD) carries, per media path.
 
-`python -m bench.scale` (`make bench BENCH=scale`) starts the server as a separate process with the tiny
-engine and no engine cost, so the model is (nearly) free and what limits is the gateway. For each path:
+`python -m bench.scale` (`make bench BENCH=scale`) starts the server as a separate process with the null
+engine (the model contract with no model: engine/null.py) and no engine cost, so the model is free and
+what limits is the gateway (`--engine tiny`: the tiny model's compute, one engine thread, limits first at
+~25 calls on 2 cores). For each path:
 
 - WebSocket, `json`: the SDK dialect, 20 ms of base64 float32 in an `input.append` per piece;
 - WebSocket, `binary`: our binary audio messages (docs/protocol.md), the same pieces as raw float32;
@@ -58,6 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ratio-limit", type=float, default=1.5, help="Real time if p95 first audio ≤ this × baseline.")
     p.add_argument("--vad-silence-ms", type=int, default=500, help="Passed to the server.")
     p.add_argument("--event-loop", default="auto", help="Passed to the server: auto, asyncio or uvloop.")
+    p.add_argument("--engine", default="null", choices=("null", "tiny"), help="The server's engine (no engine cost).")
     p.add_argument("--server-args", default="", help='More server flags, e.g. "--no-turn-model --no-speculate".')
     p.add_argument("--processes", type=int, default=None, help="Load generator processes (default: one per 25).")
     p.add_argument("--seed", type=int, default=0, help="Seeds the callers' start offsets.")
@@ -94,7 +97,8 @@ async def run_path(args: argparse.Namespace, workdir: Path, path: str) -> list[s
     levels = _levels(args.webrtc_levels if path == "webrtc" else args.levels)
     fixture = make_fixture(workdir, binary=path == "binary")
     most = str(max([1, *levels]))
-    flags = ["--vad-silence-ms", str(args.vad_silence_ms), "--engine-cost", "none", "--max-queue", "16"]
+    flags = ["--engine", args.engine, "--engine-cost", "none"]
+    flags += ["--vad-silence-ms", str(args.vad_silence_ms), "--max-queue", "16"]
     flags += ["--max-sessions", most, "--max-connections-per-ip", most, "--event-loop", args.event_loop]
     flags += args.server_args.split()
     common = {"silence_ms": args.vad_silence_ms, "processes": args.processes, "transport": transport}
@@ -144,7 +148,7 @@ async def bench(args: argparse.Namespace) -> list[str]:
     if unknown:
         raise SystemExit(f"unknown --frames: {', '.join(sorted(unknown))}")
     lines = [
-        f"Tiny engine, no engine cost; {args.duration_s:.0f} s per level; real time = no failed turn, no stall, "
+        f"{args.engine.capitalize()} engine, no engine cost; {args.duration_s:.0f} s per level; real time = no failed turn, no stall, "
         f"p95 first audio ≤ {args.ratio_limit}× the path's 1-call p95, input lag p95 ≤ 100 ms; server "
         f"event loop `{args.event_loop}`; other server flags: `{args.server_args or 'none'}`.",
         "",

@@ -49,7 +49,8 @@ class Settings:
     # Engine.
     engine: str = _opt(
         "auto",
-        "auto (MiniCPM-o when a CUDA GPU, --model or --device says so, else the tiny engine), minicpmo, or tiny.",
+        "auto (MiniCPM-o when a CUDA GPU, --model or --device says so, else the tiny engine), minicpmo, tiny, "
+        "or null (no model at all, replies are one fixed sentence: for measuring the server alone).",
     )
     model: str = _opt(
         "",
@@ -60,7 +61,7 @@ class Settings:
         "Device for the real model: auto (cuda, else mps, else cpu), cuda, mps or cpu; naming one means the real model.",
     )
     dtype: str = _opt("bf16", "Weights dtype for the real model: bf16, fp16 or fp32.")
-    engine_cost: str = _opt("none", "Tiny engine only: emulate the real model's speed (minicpmo-2.6, or k=v,...).")
+    engine_cost: str = _opt("none", "Tiny and null engines: emulate the real model's speed (minicpmo-2.6, or k=v,...).")
     engine_faults: float = _opt(
         0.0, "Tiny engine, for tests: share of reply steps (0-1) that fail as the real model's text decoding can."
     )
@@ -298,7 +299,7 @@ def _port_range_ok(text: str) -> bool:
 
 def _validated(s: Settings) -> Settings:
     checks = [
-        (s.engine in ("auto", "minicpmo", "tiny"), "engine must be auto, minicpmo or tiny"),
+        (s.engine in ("auto", "minicpmo", "tiny", "null"), "engine must be auto, minicpmo, tiny or null"),
         (s.device in ("auto", "cuda", "mps", "cpu"), "device must be auto, cuda, mps or cpu"),
         (0.0 <= s.engine_faults <= 1.0, "engine_faults must be between 0 and 1"),
         (s.event_loop in ("auto", "asyncio", "uvloop"), "event_loop must be auto, asyncio or uvloop"),

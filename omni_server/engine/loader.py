@@ -3,7 +3,8 @@
 The user's explicit choices win: `--engine minicpmo`, a `--model` (a directory or a hub id) or a
 `--device` mean the real model, on that device (`auto`: CUDA when torch sees a GPU, else Apple's mps,
 else the CPU, which is far from real time). Only when nothing asks for the real model does `--engine
-auto` fall back to the tiny engine on a machine without CUDA, and it says so. A flag the chosen
+auto` fall back to the tiny engine on a machine without CUDA, and it says so. `--engine null` (no model:
+engine/null.py) is asked for by name only. A flag the chosen
 engine does not use is named in a warning, never silently dropped.
 
 Must not import: sockets, websockets, aiortc, omni_server.session, omni_server.transport.
@@ -54,7 +55,7 @@ class DeviceProbe:
 class EngineChoice:
     """The engine to load and the reasons, in words a user reads at start-up."""
 
-    engine: str  # "minicpmo" | "tiny"
+    engine: str  # "minicpmo" | "tiny" | "null"
     model: str
     device: str  # "cuda" | "mps" | "cpu"
     reason: str
@@ -65,12 +66,14 @@ def choose_engine(settings: Settings, probe: DeviceProbe | None = None) -> Engin
     """The engine, model and device for these settings, with why, and warnings for flags it ignores."""
     probe = probe or DeviceProbe.torch()
     model = settings.model or DEFAULT_MODEL
-    if settings.engine == "tiny":
+    if settings.engine in ("tiny", "null"):
+        name = settings.engine
         ignored = [f"--model {settings.model}"] * bool(settings.model) + [f"--device {settings.device}"] * (
             settings.device != "auto"
         )
-        warnings = tuple(f"{flag} is ignored: --engine tiny runs the tiny engine" for flag in ignored)
-        return EngineChoice("tiny", "tiny-random", "cpu", "--engine tiny", warnings)
+        ignored += ["--engine-faults"] * (name == "null" and settings.engine_faults > 0)
+        warnings = tuple(f"{flag} is ignored: --engine {name} runs the {name} engine" for flag in ignored)
+        return EngineChoice(name, "tiny-random" if name == "tiny" else "none", "cpu", f"--engine {name}", warnings)
     if settings.engine == "minicpmo":
         why = "--engine minicpmo"
     elif settings.model:
@@ -104,7 +107,7 @@ def _real(settings: Settings, model: str, why: str, probe: DeviceProbe) -> Engin
     else:
         why += f", on --device {device}"
     if settings.engine_cost != "none":
-        warnings.append(f"--engine-cost {settings.engine_cost} is ignored: it slows only the tiny engine")
+        warnings.append(f"--engine-cost {settings.engine_cost} is ignored: it slows only the tiny and null engines")
     if settings.engine_faults:
         warnings.append("--engine-faults is ignored: only the tiny engine injects faults")
     return EngineChoice("minicpmo", model, device, why, tuple(warnings))
@@ -119,8 +122,12 @@ def load_engine(settings: Settings, probe: DeviceProbe | None = None) -> Engine:
     if choice.engine == "minicpmo":
         return load_minicpmo(choice.model, device=choice.device, dtype=settings.dtype)
     from omni_server.engine.cost import EngineCost
+
+    cost = EngineCost.parse(settings.engine_cost)
+    if choice.engine == "null":
+        from omni_server.engine.null import build_null_engine
+
+        return build_null_engine(cost)
     from omni_server.engine.tiny import build_tiny_engine
 
-    return build_tiny_engine(
-        seed=settings.seed, cost=EngineCost.parse(settings.engine_cost), faults=settings.engine_faults
-    )
+    return build_tiny_engine(seed=settings.seed, cost=cost, faults=settings.engine_faults)
