@@ -46,7 +46,7 @@ from omni_server.engine.base import (
 )
 from omni_server.engine.cost import EngineCost
 from omni_server.engine.placeholders import audio_tokens, image_tokens
-from omni_server.engine.prompts import sys_prompt
+from omni_server.engine.prompts import GENERATE_PROMPT, sys_prompt, turn_prefix
 from omni_server.engine.tiny_speech import CROSSFADE, SAMPLES_PER_CODE, TTS_STEP_CODES, OmniOutput
 from omni_server.engine.tiny_text import build_tiny_tokenizer
 
@@ -54,7 +54,6 @@ __all__ = ["NullOmniModel", "build_null_engine"]
 
 logger = logging.getLogger(__name__)
 
-GENERATE_PROMPT = "<|im_end|>\n<|im_start|>assistant\n<|spk_bos|><|spk|><|spk_eos|><|tts_bos|>"
 SENTENCE = "Sure, I can hear you. This is the null engine, which says the same thing to everyone, at no cost."
 REPLY_STEPS = 4  # TTS steps of an ordinary reply: 2.13 s of speech, about the tiny engine's median
 CODES_PER_TOKEN = 3
@@ -119,7 +118,7 @@ class NullOmniModel:
         is_first = self.session_id is None or session_id != self.session_id
         text = "".join(texts)
         if not is_first and self.new_user_msg and role == "user":
-            text = self._turn_prefix() + text
+            text = turn_prefix(self.llm_generated, self.llm_generate_completed) + text
             self.new_user_msg = False
         if role in ("system", "assistant"):
             self.new_user_msg = True
@@ -155,13 +154,6 @@ class NullOmniModel:
             return self._text(chunks, start)
         steps = max(2, math.ceil(n_words * CODES_PER_TOKEN / TTS_STEP_CODES)) if long else REPLY_STEPS
         return self._speech(chunks, steps, start)
-
-    def _turn_prefix(self) -> str:
-        if not self.llm_generated:
-            return "<|im_start|>user\n"
-        if self.llm_generate_completed:
-            return "<|im_end|>\n<|im_start|>user\n"
-        return "<|tts_eos|><|im_end|>\n<|im_start|>user\n"
 
     def _grow(self, start: int, chunks_done: int, total: int) -> None:
         """The cache after `chunks_done` text chunks; the text's end marks the reply complete."""

@@ -1,4 +1,5 @@
-"""MiniCPM-o 2.6's system prompts (`get_sys_prompt`), text for text, for every mode and language.
+"""MiniCPM-o 2.6's system prompts (`get_sys_prompt`), text for text, for every mode and language, and the
+tags its streaming prefill and generation put around turns (`GENERATE_PROMPT`, `turn_prefix`).
 
 Owns the exact strings the real model's `get_sys_prompt` returns (shared/research/minicpmo_api.md §1.4,
 checked by running it in official_code_run.md §4.2, with the *late* English `audio_assistant` text), so that
@@ -63,6 +64,19 @@ def sys_prompt(ref_audio: np.ndarray | None = None, mode: str = "default", langu
         logger.warning("no ref_audio for mode %s: using the built-in <reserved_53> voice", mode)
         return _user([_BUILTIN_VOICE, suffix])
     return _user([prefix, ref_audio, suffix])
+
+
+# What `streaming_generate` appends before the reply (the real code's line 1209).
+GENERATE_PROMPT = "<|im_end|>\n<|im_start|>assistant\n<|spk_bos|><|spk|><|spk_eos|><|tts_bos|>"
+
+
+def turn_prefix(llm_generated: bool, llm_generate_completed: bool) -> str:
+    """What the first prefill of a user turn starts with, after what came before it."""
+    if not llm_generated:
+        return "<|im_start|>user\n"
+    if llm_generate_completed:
+        return "<|im_end|>\n<|im_start|>user\n"
+    return "<|tts_eos|><|im_end|>\n<|im_start|>user\n"  # the reply was cut: max tokens or abandoned
 
 
 def _user(content: list[Any]) -> dict[str, Any]:

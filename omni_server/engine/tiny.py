@@ -91,7 +91,7 @@ from omni_server.engine.placeholders import (
     image_placeholder,
     slice_grid,
 )
-from omni_server.engine.prompts import sys_prompt
+from omni_server.engine.prompts import GENERATE_PROMPT, sys_prompt, turn_prefix
 from omni_server.engine.tiny_speech import HIDDEN, LlmChunk, OmniOutput, SpeechHead, speak
 from omni_server.engine.tiny_text import (
     SPECIAL_TOKENS,
@@ -107,7 +107,6 @@ __all__ = ["SPECIAL_TOKENS", "OmniOutput", "TinyOmniModel", "build_tiny_engine",
 logger = logging.getLogger(__name__)
 
 EXTRA_STATE_ATTRS = ("sampling_rng", "last_prompt_text")
-GENERATE_PROMPT = "<|im_end|>\n<|im_start|>assistant\n<|spk_bos|><|spk|><|spk_eos|><|tts_bos|>"
 _AUDIO_SLOT, _IMAGE_SLOT = "(<audio>./</audio>)", "(<image>./</image>)"
 _SLOTS = re.compile(r"(\(<audio>\./</audio>\)|\(<image>\./</image>\))")
 _SAMPLING = {"top_p": 0.8, "top_k": 100, "temperature": 0.7, "do_sample": True, "repetition_penalty": 1.05}
@@ -270,7 +269,7 @@ class TinyOmniModel(nn.Module):
                 logger.error("invalid content type %s: item dropped", type(item).__name__)
         contents = ("" if omni_input else "\n").join(parts)
         if not is_first and self.new_user_msg and role == "user":
-            contents = self._turn_prefix() + contents
+            contents = turn_prefix(self.llm_generated, self.llm_generate_completed) + contents
             self.new_user_msg = False
         if role in ("system", "assistant"):
             self.new_user_msg = True
@@ -323,12 +322,6 @@ class TinyOmniModel(nn.Module):
         return speak(self.tts, llm, rng, self.cost, may_end_early=min_new_tokens < LLM_CHUNK_TOKENS)
 
     # --- prefill internals --------------------------------------------------------------------------
-    def _turn_prefix(self) -> str:
-        if not self.llm_generated:
-            return "<|im_start|>user\n"
-        if self.llm_generate_completed:
-            return "<|im_end|>\n<|im_start|>user\n"
-        return "<|tts_eos|><|im_end|>\n<|im_start|>user\n"  # the reply was cut: max tokens or abandoned
 
     def _embed_prompt(
         self,
