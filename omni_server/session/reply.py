@@ -20,10 +20,11 @@ run dry (see docs/capacity.md).
 Start-up hold: MiniCPM-o's second chunk brings 85 ms of audio for a whole TTS step, so a listener who
 starts on the first chunk at once runs dry before the third. The first chunk's audio is held back for
 `LeadIn.hold_s()` (lead_in.py: learned from the chunk timing of recent replies; nothing on a fast
-engine), chunks that arrive meanwhile join it, and the reply reports the hold as `lead_in_ms`. A
-speculative reply's chunks count as arriving when the turn is confirmed (they could not be sent before),
-so the hold and what `LeadIn` learns from it follow the pace after the release, which is what the
-listener hears.
+engine), chunks that arrive meanwhile join it, and the reply reports the hold as `lead_in_ms`. Chunks
+count from when the model made them, a speculative reply's too: its hold runs from its first chunk's
+making, so a speculation already ahead at its release waits less or not at all, and `LeadIn` learns the
+engine's own pace, not how long a turn took to be confirmed (which, counted from the release, taught it
+that a slow engine needs no hold).
 
 Reply audio goes to the client as `response.output_audio.delta` events, unless the transport carries
 it on a media track: then an `AudioSink` gets each chunk instead, is told when the reply ends, and is
@@ -148,7 +149,7 @@ class Reply:
         self.output_tokens = 0  # context tokens the reply added
         self._lead_in = lead_in
         self._learning = lead_in is not None and not lead_in.measured  # hold until the second chunk
-        self.arrivals: list[Arrival] = []  # (when each audio chunk was there, its duration), for `LeadIn`
+        self.arrivals: list[Arrival] = []  # (when each audio chunk was made, its duration), for `LeadIn`
         self._startup: list[npt.NDArray[np.float32]] = []  # audio held back by the start-up hold
         self._hold_until: float | None = None  # while set, audio is held
         self._pull: asyncio.Future[OutputChunk | None] | None = None  # a chunk being made at a speculation's release
@@ -280,16 +281,16 @@ class Reply:
                 finally:
                     await asyncio.shield(on_done(self))
 
-    async def _held(self, stream: ReplyChunks, hold: Hold) -> list[OutputChunk | None]:
-        """Chunks made on spare model time until the turn is confirmed (all of them, if the reply ends first).
-        A chunk still being made at the release is left to `_next` (`_pull`): what
-        was made goes out at once, not after it."""
-        held: list[OutputChunk | None] = []
+    async def _held(self, stream: ReplyChunks, hold: Hold) -> list[tuple[OutputChunk | None, float]]:
+        """Chunks made on spare model time until the turn is confirmed (all of them, if the reply ends first),
+        each with when it was made. A chunk still being made at the release is left to `_next` (`_pull`):
+        what was made goes out at once, not after it."""
+        held: list[tuple[OutputChunk | None, float]] = []
         released = asyncio.ensure_future(hold.released.wait())
         pull: asyncio.Future[OutputChunk | None] | None = None
         try:
             while not hold.released.is_set():
-                if held and held[-1] is None:
+                if held and held[-1][0] is None:
                     await released
                     break
                 pull = asyncio.ensure_future(stream.next(read_ahead=True))
@@ -302,7 +303,7 @@ class Reply:
                 except ReplyFailed as e:  # kept to say once the turn is confirmed, after what was made
                     self.failure = e.message
                     chunk = None
-                held.append(chunk)
+                held.append((chunk, self._clock()))
                 hold.chunks += chunk is not None
         finally:
             released.cancel()
@@ -312,12 +313,20 @@ class Reply:
         return held
 
     async def _stream(
-        self, held: list[OutputChunk | None], stream: ReplyChunks, conv: ConversationHandle, closing: Callable[[], bool]
+        self,
+        held: list[tuple[OutputChunk | None, float]],
+        stream: ReplyChunks,
+        conv: ConversationHandle,
+        closing: Callable[[], bool],
     ) -> None:
         stats, rid = self.stats, self.response_id
         step_s = 0.0  # model time of a chunk: the next one is due that much before it is needed
         while True:
-            chunk = held.pop(0) if held else await self._next(stream, self.chunk_deadline(step_s))
+            if held:
+                chunk, made_at = held.pop(0)
+            else:
+                chunk = await self._next(stream, self.chunk_deadline(step_s))
+                made_at = self._clock()
             if chunk is None:
                 break
             if self.arrivals:  # the first chunk's cost says nothing about later ones
@@ -327,13 +336,13 @@ class Reply:
                 await self._send(OutputTextDelta(rid, chunk.text))
             if chunk.audio.size:
                 now = self._clock()
-                self.arrivals.append((now, chunk.duration_s))
+                self.arrivals.append((made_at, chunk.duration_s))
                 stats.audio_s += chunk.duration_s
                 if stats.first_ready_at is None:
                     stats.first_ready_at = now
                     stats.compute_first_audio_s = conv.compute_s
                     hold_s = 0.0 if self._lead_in is None else self._lead_in.hold_s()
-                    self._hold_until = now + hold_s if hold_s > 0 else None
+                    self._hold_until = made_at + hold_s if hold_s > 0 else None
                 self._startup.append(chunk.audio)
                 due = self._hold_until
                 if due is None or now >= due or (self._learning and len(self.arrivals) >= 2):

@@ -201,16 +201,18 @@ class SpeculativeWorker(Worker):
 
 
 async def test_a_released_speculation_goes_out_without_waiting_for_the_chunk_in_the_making() -> None:
-    """What a speculation made goes out from its release (after the start-up hold, counted from then), not
-    once the chunk the model was making meanwhile is done; and it teaches the LeadIn like any reply."""
+    """What a speculation made goes out from its release (after the start-up hold, counted from when its first
+    chunk was made), not once the chunk the model was making meanwhile is done; it teaches the LeadIn too."""
     lead_in = LeadIn(margin_s=0.04, max_s=0.5)
     lead_in.observe([(0.0, 0.4), (0.5, 0.1)])  # holds ~0.17 s
     hold_s = lead_in.hold_s()
     hold = Hold(response_id="resp_1")
+    made: list[float] = []
     released: list[float] = []
     first: list[float] = []
 
     async def script(reply: Reply, stream: Stream, sink: Sink) -> None:
+        made.append(time.monotonic())
         await stream.chunks.put(OutputChunk("a", STEP))
         await _sent()
         await asyncio.sleep(0.05)
@@ -224,6 +226,32 @@ async def test_a_released_speculation_goes_out_without_waiting_for_the_chunk_in_
         await stream.chunks.put(None)
 
     _, sink, _ = await _play(lead_in, script, hold)
-    first_at, released_at = first[0], released[0]
-    assert hold_s - 0.005 <= first_at - released_at < hold_s + timeout(0.1)
+    assert hold_s - 0.005 <= first[0] - made[0] < hold_s + timeout(0.1)
+    assert first[0] - released[0] < hold_s - 0.04 + timeout(0.1)  # the hold began before the release
     assert len(sink.writes) == 2 and len(lead_in.needs) == 2  # the speculation was observed too
+
+
+async def test_a_speculation_released_late_teaches_the_engines_own_pace() -> None:
+    """A speculation confirmed long after its chunks were made goes out at once, and the LeadIn learns the need
+    from when the model made them: counted from the release, a slow engine would look as if it needed nothing."""
+    lead_in = LeadIn(margin_s=0.04, max_s=0.5)
+    lead_in.observe([(0.0, 0.4), (0.5, 0.1)])
+    hold = Hold(response_id="resp_1")
+    short = STEP[:2_400]  # 0.1 s: the next chunk, made 0.3 s later, comes 0.2 s after it has played
+    released: list[float] = []
+
+    async def script(reply: Reply, stream: Stream, sink: Sink) -> None:
+        await stream.chunks.put(OutputChunk("a", short))
+        await _sent()
+        await asyncio.sleep(0.3)
+        await stream.chunks.put(OutputChunk("", STEP))
+        await _sent()
+        await asyncio.sleep(0.3)
+        released.append(time.monotonic())
+        hold.release(released[0], released[0] + 1.0)
+        await asyncio.wait_for(sink.wrote.wait(), timeout(5))
+        await stream.chunks.put(None)
+
+    _, sink, _ = await _play(lead_in, script, hold)
+    assert sink.writes[0][0] - released[0] < timeout(0.05)  # past its hold already: out at the release
+    assert 0.2 - 0.01 <= lead_in.needs[-1] < 0.2 + timeout(0.05)
