@@ -361,7 +361,7 @@ export class Call {
   replyCut(r, playedS) {
     if (r.cut) return;
     r.cut = true;
-    this.showHeard(r, playedS);
+    this.view.setAssistantText(r.line, r.cutAt(playedS, this.speechRate.charsPerS()));
     this.view.markInterrupted(r.line);
     this.recordReply(r.summary(playedS, this.speechRate.charsPerS()));
   }

@@ -9,7 +9,8 @@
 //   - before that, the text is spoken at this call's measured rate (characters per second of audio over
 //     its replies so far), or a language's typical rate until one reply has been measured;
 // never more than the text received, and cut back to a whole word in languages written with spaces.
-// A reply cut by barge-in keeps exactly what had been revealed when its playback stopped.
+// A reply cut by barge-in keeps exactly the words its played audio spoke when playback stopped: words
+// shown a moment ahead (the page's estimate of the player's position between its reports) go again.
 
 export const TYPICAL_CHARS_PER_S = { en: 14, zh: 4.5 };
 const MIN_MEASURED_S = 2; // audio needed before the call's own rate replaces the typical one
@@ -42,11 +43,20 @@ export class Reply {
     this.playedBase = null; // WebSocket path: the player's played count when this reply's audio began
   }
 
-  /** The words heard after `playedS` seconds of its audio. */
+  /** The words heard after `playedS` seconds of its audio (never fewer than already shown while it plays). */
   heard(playedS, charsPerS) {
-    const n = heardLength(this.text, playedS, { totalAudioS: this.done ? this.audioS : null, charsPerS });
-    this.shownChars = Math.max(this.shownChars, n);
+    this.shownChars = Math.max(this.shownChars, this.spokenBy(playedS, charsPerS));
     return this.shown();
+  }
+
+  /** Cut short after `playedS` seconds of its audio: exactly the words heard, even if more were shown. */
+  cutAt(playedS, charsPerS) {
+    this.shownChars = this.spokenBy(playedS, charsPerS);
+    return this.shown();
+  }
+
+  spokenBy(playedS, charsPerS) {
+    return heardLength(this.text, playedS, { totalAudioS: this.done ? this.audioS : null, charsPerS });
   }
 
   shown() {
