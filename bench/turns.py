@@ -57,7 +57,7 @@ FINISHED = {
 SETUPS: dict[str, dict[str, Any]] = {
     "silence 500 ms": {"turn": TurnConfig(min_silence_ms=500)},
     "semantic": {
-        "turn": TurnConfig(min_silence_ms=800, pause_ms=200),
+        "turn": TurnConfig(min_silence_ms=800, pause_ms=200, speculate_pause_ms=100),
         "end_of_turn_threshold": 0.5,
         "speculate": True,
         "resume_window_s": 0.4,

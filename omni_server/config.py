@@ -105,11 +105,18 @@ class Settings:
     turn_model_threshold: float = _opt(
         0.5, "Smart Turn's probability of a finished utterance at or above which the turn ends at once."
     )
-    turn_pause_ms: int = _opt(200, "Silence after which the end-of-turn model is asked and a reply is speculated.")
+    turn_pause_ms: int = _opt(
+        200, "Silence after which the end-of-turn model is asked (it is less accurate after shorter ones)."
+    )
     speculate: bool = _opt(
         True,
-        "Start the reply when speech pauses, before the turn is confirmed, on spare model time only; "
-        "if the user goes on it is dropped and the model state rolled back exactly.",
+        "Start the reply when speech pauses (--speculate-pause-ms), before the turn is confirmed, on spare model "
+        "time only; if the user goes on it is dropped and the model state rolled back exactly.",
+    )
+    speculate_pause_ms: int = _opt(
+        100,
+        "Silence after which a reply is speculated, at most --turn-pause-ms: the sooner, the more of the reply is "
+        "ready when the turn is confirmed. The turn's audio ends there, whichever rule then ends the turn.",
     )
     resume_window_ms: int = _opt(
         400,
@@ -311,6 +318,7 @@ def _validated(s: Settings) -> Settings:
         (s.vad_silence_ms >= 100, "vad_silence_ms must be at least 100"),
         (0.0 < s.turn_model_threshold <= 1.0, "turn_model_threshold must be in (0, 1]"),
         (0 < s.turn_pause_ms < s.vad_silence_ms, "turn_pause_ms must be above 0 and below vad_silence_ms"),
+        (0 < s.speculate_pause_ms <= s.turn_pause_ms, "speculate_pause_ms must be above 0 and at most turn_pause_ms"),
         (s.resume_window_ms >= 0, "resume_window_ms must be >= 0"),
         (0 <= s.reply_lead_in_max_ms <= 2000, "reply_lead_in_max_ms must be 0..2000"),
         (1024 <= s.max_context_tokens, "max_context_tokens must be at least 1024"),

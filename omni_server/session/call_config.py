@@ -41,7 +41,7 @@ class CallConfig:
     max_prompt_tokens: int = 2048  # the instructions (with a character's persona), in the model's tokens
     input_burst_s: float | None = 10.0  # input beyond real time refused after this much (None: no limit)
     end_of_turn_threshold: float | None = None  # Smart Turn's confidence that ends a turn (None: not asked)
-    speculate: bool = False  # start the reply at a pause (`turn.pause_ms`), before the turn is confirmed
+    speculate: bool = False  # start the reply at a pause (`turn.speculate_pause_ms`), before the turn is confirmed
     resume_window_s: float = 0.0  # talking again this soon after a reply became audible continues the turn
 
     def model_mode(self) -> str:

@@ -14,11 +14,14 @@ waits for the model; the model loop takes the call's model work (unit prefills, 
 rolling one back) in order from a queue bounded by the pending-audio limit. So a slow shared model
 delays prefills, never the decision that the user has stopped (or started) talking.
 
-Turn ends (session/turn_end.py): `pause_ms` into a silence, the end-of-turn model (Smart Turn) is asked
-whether the user has finished; if it is sure, the turn ends then (rule "semantic"), else the silence
-window does ("silence"). At the same pause a reply starts speculatively on spare model time, its
-output held: confirmed, it is released at once; if the user goes on, it is dropped and the model state
-rolled back exactly (engine/rollback.py), the partial unit it started from rejoining the turn's audio.
+Turn ends (session/turn_end.py): `turn.pause_ms` into a silence, the end-of-turn model (Smart Turn) is
+asked whether the user has finished; if it is sure, the turn ends then (rule "semantic"), else the
+silence window does ("silence"). Sooner, `turn.speculate_pause_ms` into the silence (or at the same
+pause), a reply starts speculatively on spare model time, its output held: confirmed, it is released
+at once; if the user goes on, it is dropped and the model state rolled back exactly
+(engine/rollback.py), the partial unit it started from rejoining the turn's audio. The turn's audio
+is cut at the silence's first pause (the speculation's, when there is one), so its reply hears the
+same audio whichever rule confirms the turn; Smart Turn still hears everything up to its own pause.
 A user who talks again within `resume_window_s` of a confirmed reply becoming audible had only paused:
 the reply is withdrawn (`response.cancelled`), rolled back the same way, and the turn goes on.
 
@@ -394,9 +397,9 @@ class CallSession:
             self._queue_audio(piece)
 
     def _on_pause(self, event: turns.SpeechPaused) -> None:
-        """The user may have finished: ask the end-of-turn model, and start the reply speculatively."""
+        """The user may have finished: ask the end-of-turn model, or start the reply speculatively, or both."""
         assert self._tg is not None
-        if self._judge is not None:
+        if event.judge and self._judge is not None:
             pre_speech = self.config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000  # as Smart Turn was trained
             heard = self._heard.last(self._samples_in - self._turn_start + pre_speech)
             judging = self._judge_pause(event.pause, heard)
@@ -404,11 +407,13 @@ class CallSession:
                 self._tg.create_task(judging, name=f"{self.id}-judge")
             except RuntimeError:  # the call is ending (its task group takes no new work): nothing to judge
                 judging.close()
-        # The turn's audio ends here if the turn does, speculation or not: a reply hears the same turn
-        # whether it was speculated (and whenever the decision comes); the rest waits to rejoin.
-        self._paused = True
-        self._tail, self._since_tail = self._cutter.flush(), self._kept()
-        if not self._may_speculate():
+        # The turn's audio ends at the silence's first pause if the turn does, speculation or not: a reply
+        # hears the same turn whether it was speculated (and whenever the decision comes); the rest waits
+        # to rejoin. (A later pause in the same silence, the judge's, leaves the cut where it is.)
+        if not self._paused:
+            self._paused = True
+            self._tail, self._since_tail = self._cutter.flush(), self._kept()
+        if not (event.speculate and self._may_speculate()):
             return
         stats = TurnStats(compute_start_s=self.conversation.compute_s)
         hold = Hold(response_id=self._next_response_id(), started_at=self._clock())

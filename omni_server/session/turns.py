@@ -15,11 +15,14 @@ Rules (Silero's own ``VADIterator`` semantics, plus a minimum speech length):
 - *Stop*: while speaking, the first window with ``prob < neg_threshold`` opens a silence; a window
   with ``prob >= threshold`` cancels it, values in between keep it running. Once the silence spans
   ``min_silence_ms``, ``SpeechStopped`` reports the silence's first sample as the end of speech.
-- *Pause*: once a silence spans ``pause_ms`` (shorter than ``min_silence_ms``), ``SpeechPaused`` says
-  the turn may be over: the caller may ask a semantic model (``end_turn`` ends the turn at once, rule
-  ``"semantic"``) and start a reply speculatively. Speech before the silence window is over gives
-  ``SpeechResumed`` for that pause; each pause has a number, so a late answer about an earlier pause
-  is told apart.
+- *Pause*: a silence may be reported at two points before ``min_silence_ms`` ends it, each a
+  ``SpeechPaused`` saying the turn may be over. At ``speculate_pause_ms`` (``speculate``) the caller
+  may start a reply speculatively; at ``pause_ms`` (``judge``) it may ask a semantic model, whose
+  verdict ``end_turn`` turns into an end at once (rule ``"semantic"``). Two equal points are one
+  event with both flags; a point not shorter than ``min_silence_ms`` is never reached. Each silence
+  that reaches a point is one numbered pause (both its events carry the number), so a late answer
+  about an earlier pause is told apart; speech before the silence window is over gives
+  ``SpeechResumed`` for it.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class TurnConfig:
     neg_threshold: float | None = None
     min_speech_ms: float = 200.0
     min_silence_ms: float = 500.0
-    pause_ms: float | None = None  # silence after which the turn may be over (SpeechPaused); None: never
+    pause_ms: float | None = None  # silence after which to judge whether the turn is over; None: never
+    speculate_pause_ms: float | None = None  # silence after which to start a reply speculatively; None: never
     window_samples: int = 512
     sample_rate_hz: int = 16_000
 
@@ -58,10 +62,11 @@ class TurnConfig:
             object.__setattr__(self, "neg_threshold", neg)
         if not 0.0 < neg <= self.threshold:
             raise ValueError(f"neg_threshold must be in (0, threshold={self.threshold}], got {neg}")
-        if self.min_speech_ms < 0 or self.min_silence_ms < 0 or (self.pause_ms or 0) < 0:
+        durations = (self.min_speech_ms, self.min_silence_ms, self.pause_ms or 0, self.speculate_pause_ms or 0)
+        if min(durations) < 0:
             raise ValueError(
-                "min_speech_ms, min_silence_ms and pause_ms must be >= 0, "
-                f"got {self.min_speech_ms}, {self.min_silence_ms} and {self.pause_ms}"
+                "min_speech_ms, min_silence_ms, pause_ms and speculate_pause_ms must be >= 0, "
+                f"got {self.min_speech_ms}, {self.min_silence_ms}, {self.pause_ms} and {self.speculate_pause_ms}"
             )
         if self.window_samples <= 0 or self.sample_rate_hz <= 0:
             raise ValueError(
@@ -80,10 +85,18 @@ class TurnConfig:
 
     @property
     def pause_windows(self) -> int | None:
-        """Windows of silence that make a pause, or None when the silence window comes first."""
-        if self.pause_ms is None:
+        """Windows of silence before the pause to judge, or None when the silence window comes first."""
+        return self._pause_windows_for(self.pause_ms)
+
+    @property
+    def speculate_pause_windows(self) -> int | None:
+        """Windows of silence before the pause to speculate at, or None when the silence window comes first."""
+        return self._pause_windows_for(self.speculate_pause_ms)
+
+    def _pause_windows_for(self, pause_ms: float | None) -> int | None:
+        if pause_ms is None:
             return None
-        windows = max(1, self._windows_for(self.pause_ms))
+        windows = max(1, self._windows_for(pause_ms))
         return windows if windows < self.min_silence_windows else None
 
     def _windows_for(self, duration_ms: float) -> int:
@@ -114,10 +127,13 @@ class SpeechStopped:
 
 @dataclass(frozen=True, slots=True)
 class SpeechPaused:
-    """The speech has paused for ``pause_ms``; ``sample_index`` is the silence's first sample."""
+    """The speech has paused for ``speculate_pause_ms`` (``speculate``), ``pause_ms`` (``judge``) or both;
+    ``sample_index`` is the silence's first sample."""
 
     sample_index: int
-    pause: int  # this pause's number (see ``TurnDetector.end_turn``)
+    pause: int  # this pause's number (see ``TurnDetector.end_turn``), the same at both points of a silence
+    speculate: bool
+    judge: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +155,7 @@ class TurnDetector:
         self._min_speech_windows = self.config.min_speech_windows
         self._min_silence_windows = self.config.min_silence_windows
         self._pause_windows = self.config.pause_windows
+        self._speculate_windows = self.config.speculate_pause_windows
         self._pauses = 0  # pauses numbered over the detector's life, never reset
         assert self.config.neg_threshold is not None  # filled in by TurnConfig.__post_init__
         self._neg_threshold: float = self.config.neg_threshold
@@ -165,7 +182,7 @@ class TurnDetector:
         self._speaking = False
         self._speech_start: int | None = None  # first window of the candidate or of the current turn
         self._silence_start: int | None = None  # first window of the running silence, while speaking
-        self._paused = False  # the running silence has been reported as pause number self._pauses
+        self._paused = False  # the running silence has reached a pause point: it is pause number self._pauses
 
     def feed(self, probs: Iterable[float]) -> list[TurnEvent]:
         """Consume probabilities for the next windows, in order (a list or ``VadStream.feed``'s array)."""
@@ -199,10 +216,15 @@ class TurnDetector:
                 silent = k + 1 - self._silence_start
                 if silent >= self._min_silence_windows:
                     events.append(self._stop("silence"))
-                elif silent == self._pause_windows:
+                    continue
+                speculate, judge = silent == self._speculate_windows, silent == self._pause_windows
+                if not (speculate or judge):
+                    continue
+                if not self._paused:  # the silence's first pause point numbers it
                     self._pauses += 1
                     self._paused = True
-                    events.append(SpeechPaused(self._silence_start * cfg.window_samples, self._pauses))
+                start = self._silence_start * cfg.window_samples
+                events.append(SpeechPaused(start, self._pauses, speculate=speculate, judge=judge))
         return events
 
     def end_turn(self, pause: int) -> SpeechStopped | None:

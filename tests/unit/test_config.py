@@ -36,6 +36,10 @@ def test_bad_values_are_explained(tmp_path: Path) -> None:
         load_settings(["--engine", "gpt"], {})
     with pytest.raises(SystemExit, match="turn_pause_ms"):  # the pause must come before the silence window
         load_settings(["--turn-pause-ms", "900"], {})
+    with pytest.raises(SystemExit, match="speculate_pause_ms"):  # speculation never waits for the judge's pause
+        load_settings(["--speculate-pause-ms", "300"], {})
+    with pytest.raises(SystemExit, match="speculate_pause_ms"):
+        load_settings([], {"OMNI_SPECULATE_PAUSE_MS": "0"})
     with pytest.raises(SystemExit, match="turn_model_threshold"):
         load_settings([], {"OMNI_TURN_MODEL_THRESHOLD": "1.5"})
     with pytest.raises(SystemExit, match="event_loop"):

@@ -24,13 +24,14 @@ from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import ServerEvent
 from omni_server.session.call_config import CallConfig
 from omni_server.session.session import CallSession
-from omni_server.session.turns import TurnConfig
+from omni_server.session.turns import SpeechPaused, SpeechResumed, SpeechStarted, TurnConfig, TurnDetector
 from omni_server.session.vad_feed import VadFeed
 from tests import speech
 from tests.conftest import timeout
 
 Samples = npt.NDArray[np.float32]
 PIECE = 1600  # 0.1 s, as a client sends it
+FRAME = 320  # 20 ms, as WebRTC sends it
 TODAY_SILENCE_MS = 500  # the silence that ended every turn before the end-of-turn model
 
 
@@ -108,8 +109,24 @@ class Recorder:
         return out
 
 
+class ListeningJudge(SmartTurnModel):
+    """Smart Turn's stand-in: remembers how much audio it was asked about, and is never sure."""
+
+    def __init__(self) -> None:  # no model to load
+        self.heard: list[int] = []
+
+    def complete_probability(self, audio: npt.ArrayLike) -> float:
+        self.heard.append(len(np.asarray(audio)))
+        return 0.0
+
+
 def config(**kw: Any) -> CallConfig:
-    turn = TurnConfig(min_silence_ms=kw.pop("silence_ms", 800), pause_ms=kw.pop("pause_ms", 200))
+    """A call's config; the speculation's pause is the judge's (`pause_ms`) unless `speculate_pause_ms` says."""
+    pause_ms = kw.pop("pause_ms", 200)
+    speculate_pause_ms = kw.pop("speculate_pause_ms", pause_ms)
+    turn = TurnConfig(
+        min_silence_ms=kw.pop("silence_ms", 800), pause_ms=pause_ms, speculate_pause_ms=speculate_pause_ms
+    )
     return CallConfig(turn=turn, **kw)
 
 
@@ -121,9 +138,9 @@ async def push_realtime(session: CallSession, audio: Samples) -> None:
         await asyncio.sleep(max(0.0, start + (n + 1) * PIECE / 16_000 - time.monotonic()))
 
 
-def push_at_once(session: CallSession, audio: Samples) -> None:
-    for i in range(0, len(audio), PIECE):
-        session.push_audio(audio[i : i + PIECE])
+def push_at_once(session: CallSession, audio: Samples, piece: int = PIECE) -> None:
+    for i in range(0, len(audio), piece):
+        session.push_audio(audio[i : i + piece])
 
 
 async def call(
@@ -223,7 +240,13 @@ async def test_a_pause_mid_sentence_is_not_answered(
 
 
 async def committed(
-    worker: EngineWorker, vad_feed: VadFeed, turns: Sequence[Samples], cfg: CallConfig, *, realtime: bool
+    worker: EngineWorker,
+    vad_feed: VadFeed,
+    turns: Sequence[Samples],
+    cfg: CallConfig,
+    *,
+    realtime: bool,
+    piece: int = PIECE,
 ) -> tuple[Recorder, CallSession]:
     """One call whose turns the client ends itself (`input.commit`) right after the speech, so every run
     cuts its last partial unit at the same sample."""
@@ -237,7 +260,7 @@ async def committed(
             if realtime:
                 await push_realtime(session, audio)
             else:
-                push_at_once(session, audio)
+                push_at_once(session, audio, piece)
             done = len(recorder.of("response.done"))  # a reply withdrawn meanwhile has said its done
             session.commit()
             await recorder.until("response.done", done + 1)
@@ -274,6 +297,72 @@ async def test_a_confirmed_speculation_is_released_at_once(
     assert timings["turn_rule"] == "silence" and timings["end_of_turn_to_first_audio_ms"] < 200
     types = recorder.types()
     assert types.index("input.speech_stopped") < types.index("response.created")
+
+
+async def test_the_speculation_starts_at_its_own_pause_before_smart_turn_is_asked(
+    worker: EngineWorker, vad_feed: VadFeed, question: Samples
+) -> None:
+    """Speculating 100 ms into the silence and judging at 200 ms: the reply hears the turn cut at 100 ms
+    (as when both are at 100 ms), Smart Turn hears all of it up to 200 ms (as when both are at 200 ms)."""
+    runs = {}
+    for speculate_ms, judge_ms in ((100, 200), (100, 100), (200, 200)):
+        judge = ListeningJudge()
+        cfg = config(speculate=True, end_of_turn_threshold=0.5, pause_ms=judge_ms, speculate_pause_ms=speculate_ms)
+        recorder, session = await call(worker, vad_feed, [question], cfg, turn_model=judge)
+        assert recorder.of("response.done")[0]["timings"]["speculative"]
+        runs[speculate_ms, judge_ms] = (recorder.replies(), session.usage, judge.heard)
+    (replies, usage, heard), early, late = runs[100, 200], runs[100, 100], runs[200, 200]
+    assert (replies, usage) == early[:2] and usage["audio_tokens"] < late[1]["audio_tokens"]
+    assert heard == late[2] and all(h > e for h, e in zip(heard, early[2], strict=True))  # at each pause
+
+
+async def test_talking_on_between_the_two_pauses_changes_nothing(
+    worker: EngineWorker, vad_feed: VadFeed, speech_dir: Path
+) -> None:
+    """A 150 ms gap mid-sentence reaches the speculation's 100 ms pause, not the judge's 200 ms: the
+    speculation started there is rolled back, and the reply is token for token the one never speculated."""
+    audio = paused(speech_dir, "en", pause_s=0.15)
+    cfg = config(speculate=True, speculate_pause_ms=100, pause_ms=200)
+    plain, plain_session = await committed(
+        worker, vad_feed, [audio], config(speculate=False), realtime=False, piece=FRAME
+    )
+    audio = audio[:-8_000]  # the speech, up to its last sample (as `committed` sends it)
+    # Where the gap reaches the speculation's pause, and not the judge's (the same VAD, deterministic). The
+    # audio goes in 20-ms frames, as WebRTC sends it: in 0.1-s pieces this gap's pause and resumption are one.
+    frames = [audio[i : i + FRAME] for i in range(0, len(audio), FRAME)]
+    detector, stream, events, cut = TurnDetector(cfg.turn), vad_feed.stream(), [], 0
+    while not events:
+        events = [e for e in detector.feed(await stream.feed(frames[cut])) if not isinstance(e, SpeechStarted)]
+        cut += 1
+    assert [(e.speculate, e.judge) for e in events if isinstance(e, SpeechPaused)] == [(True, False)]
+    assert [type(e) for e in detector.feed(await stream.feed(np.concatenate(frames[cut:])))] == [SpeechResumed]
+
+    started = asyncio.Event()
+    outcomes: list[str] = []
+
+    def count(outcome: str) -> None:
+        outcomes.append(outcome)
+        started.set()
+
+    worker.on_speculation = count
+    recorder = Recorder()
+    session = CallSession("same", worker, cfg, recorder.send, vad_feed)
+    await session.start()
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(session.run())
+        for frame in frames[:cut]:
+            session.push_audio(frame)
+        async with asyncio.timeout(timeout(30)):
+            await started.wait()  # the speculative reply is running when the user goes on
+        for frame in frames[cut:]:
+            session.push_audio(frame)
+        session.commit()
+        await recorder.until("response.done")
+        session.close()
+    assert outcomes == ["started", "discarded"]
+    assert recorder.replies() == plain.replies() and recorder.replies()[0][0] == "completed"
+    assert session.conversation.context_tokens == plain_session.conversation.context_tokens
+    assert session.usage == plain_session.usage
 
 
 async def test_talking_on_right_after_a_reply_began_continues_the_turn(

@@ -50,6 +50,8 @@ def test_defaults_and_derived_windows() -> None:
         {"neg_threshold": 0.0},
         {"min_speech_ms": -1},
         {"min_silence_ms": -1},
+        {"pause_ms": -1},
+        {"speculate_pause_ms": -1},
         {"window_samples": 0},
         {"sample_rate_hz": 0},
     ],
@@ -192,6 +194,7 @@ def test_accepts_numpy_probabilities() -> None:
 # ---- pauses and semantic ends -------------------------------------------------------------------
 
 PAUSE_WINDOWS = 7  # ceil(200 ms / 32 ms)
+SPECULATE_WINDOWS = 4  # ceil(100 ms / 32 ms)
 
 
 def _paused_config() -> TurnConfig:
@@ -203,7 +206,7 @@ def test_a_pause_is_reported_before_the_silence_window_ends() -> None:
     det = TurnDetector(_paused_config())
     probs = [0.9] * 10 + [0.0] * 30
     events = _feed_one_by_one(det, probs)
-    assert events[1] == (10 + PAUSE_WINDOWS - 1, SpeechPaused(10 * W, pause=1))
+    assert events[1] == (10 + PAUSE_WINDOWS - 1, SpeechPaused(10 * W, pause=1, speculate=False, judge=True))
     k, stopped = events[2]
     assert isinstance(stopped, SpeechStopped) and stopped.rule == "silence" and k == 10 + 25 - 1  # ceil(800/32)
     assert stopped.decided_at == (k + 1) * W
@@ -228,8 +231,40 @@ def test_end_turn_ends_only_the_pause_it_was_asked_about() -> None:
     assert det.feed([0.0] * 30) == []  # the silence that follows ends nothing more
 
 
+def test_the_speculation_pause_comes_before_the_judged_one() -> None:
+    """100 ms into a silence the speculation's pause, 200 ms in the judge's: one pause, numbered once."""
+    det = TurnDetector(TurnConfig(pause_ms=200, speculate_pause_ms=100, min_silence_ms=800))
+    events = _feed_one_by_one(det, [0.9] * 10 + [0.0] * 10)
+    assert events[1:] == [
+        (10 + SPECULATE_WINDOWS - 1, SpeechPaused(10 * W, pause=1, speculate=True, judge=False)),
+        (10 + PAUSE_WINDOWS - 1, SpeechPaused(10 * W, pause=1, speculate=False, judge=True)),
+    ]
+    stopped = det.end_turn(1)
+    assert stopped is not None and stopped.rule == "semantic" and stopped.sample_index == 10 * W
+
+
+def test_equal_pauses_are_one_event() -> None:
+    """Speculation and judge at the same pause: a single `SpeechPaused` carrying both."""
+    det = TurnDetector(TurnConfig(pause_ms=200, speculate_pause_ms=200, min_silence_ms=800))
+    events = det.feed([0.9] * 10 + [0.0] * 20)
+    assert events[1:] == [SpeechPaused(10 * W, pause=1, speculate=True, judge=True)]
+
+
+def test_speech_between_the_two_pauses_resumes_the_first() -> None:
+    """Speech after the speculation's pause, before the judge's: resumed, and the judge's never comes."""
+    det = TurnDetector(TurnConfig(pause_ms=200, speculate_pause_ms=100, min_silence_ms=800))
+    events = det.feed([0.9] * 10 + [0.0] * (SPECULATE_WINDOWS + 1) + [0.9] * 3)
+    assert events[1:] == [SpeechPaused(10 * W, pause=1, speculate=True, judge=False), SpeechResumed(15 * W, pause=1)]
+    assert det.end_turn(1) is None and det.speaking
+    later = det.feed([0.0] * PAUSE_WINDOWS)
+    assert [(e.pause, e.speculate, e.judge) for e in later if isinstance(e, SpeechPaused)] == [
+        (2, True, False),
+        (2, False, True),
+    ]
+
+
 def test_no_pause_when_the_window_is_not_longer() -> None:
-    """A pause as long as the silence window is never reported: the window ends the turn first."""
-    det = TurnDetector(TurnConfig(pause_ms=500, min_silence_ms=500))
+    """A pause point not shorter than the silence window is never reported: the window ends the turn first."""
+    det = TurnDetector(TurnConfig(pause_ms=500, speculate_pause_ms=600, min_silence_ms=500))
     events = det.feed([0.9] * 10 + [0.0] * 20)
     assert [type(e) for e in events] == [SpeechStarted, SpeechStopped]
