@@ -158,7 +158,10 @@ class CallSession:
         self._work: asyncio.Queue[_Unit | _StartReply | _Rollback] = asyncio.Queue()  # the model loop's
         self._queued_samples = 0  # audio in `_work` (with the inbox, bounded by max_pending_audio_s)
         threshold = config.end_of_turn_threshold
-        self._judge = None if turn_model is None or threshold is None else SemanticJudge(turn_model, threshold)
+        self._judge = None
+        if turn_model is not None and threshold is not None and config.turn.pause_ms is not None:
+            useful_s = (config.turn.min_silence_ms - config.turn.pause_ms) / 1000  # then the silence window decides
+            self._judge = SemanticJudge(turn_model, threshold, useful_s)
         self._heard = RecentAudio(_JUDGED_S * INPUT_SAMPLE_RATE_HZ)  # what the judge hears
         self._samples_in = 0  # stream position after the newest sample (as the turn detector counts)
         self._turn_start = 0  # stream position of the current turn's first speech

@@ -1,7 +1,10 @@
 """How a call's turn ends, and the replies started before it has: the pieces `CallSession` composes.
 
 - `SemanticJudge`: asks the end-of-turn model (Smart Turn) off the event loop whether the user has
-  finished, given the turn's audio so far; a decision costs ~10-100 ms of one core.
+  finished, given the turn's audio so far; a decision costs ~10-100 ms of one core. Every call's
+  decisions run one at a time on one thread: run side by side (the default executor's threads), they
+  took the cores the event loop and the VAD need when many calls paused at once. A decision that has
+  waited longer than its silence window has left is skipped: the window ends that turn first anyway.
 - `Hold`: a reply started speculatively holds its output until the turn is confirmed (`release`), or
   is dropped; it also remembers how much of the reply was ready at the decision.
 - `TurnEnd`: which rule ended a turn and how long after the end of speech, for `response.done`.
@@ -16,6 +19,10 @@ Must not import: websockets, aiortc, torch, the engine's models.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
+import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,16 +47,36 @@ class TurnEnd:
 
 
 class SemanticJudge:
-    """Smart Turn over a call's turn audio, run on a thread so the event loop never waits on it."""
+    """Smart Turn over a call's turn audio, on the judges' one thread so the event loop never waits on it.
 
-    def __init__(self, model: SmartTurnModel, threshold: float) -> None:
+    `useful_s`: how long after it is asked a decision can still end the turn before the silence window
+    does; one that has not started by then is skipped (counted in `skipped`)."""
+
+    def __init__(self, model: SmartTurnModel, threshold: float, useful_s: float = math.inf) -> None:
         self.model = model
         self.threshold = threshold
+        self.useful_s = useful_s
+        self.skipped = 0
 
     async def finished(self, audio: Samples) -> bool:
-        """True when the model is at least `threshold` sure the speaker has finished."""
-        probability = await asyncio.to_thread(self.model.complete_probability, audio)
+        """True when the model is at least `threshold` sure the speaker has finished (False when skipped)."""
+        asked = time.monotonic()
+
+        def decide() -> float | None:
+            if time.monotonic() - asked > self.useful_s:
+                return None
+            return self.model.complete_probability(audio)
+
+        probability = await asyncio.get_running_loop().run_in_executor(_judge_thread(), decide)
+        if probability is None:
+            self.skipped += 1
+            return False
         return probability >= self.threshold
+
+
+@functools.cache
+def _judge_thread() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn")
 
 
 class RecentAudio:
