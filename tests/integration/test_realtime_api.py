@@ -162,19 +162,23 @@ async def test_huge_message_closes_cleanly(tmp_path: Path) -> None:
         await other.close()
 
 
-async def test_force_listen_interrupts_reply(server: OmniServer, question: npt.NDArray[np.float32]) -> None:
+async def test_force_listen_interrupts_reply(tmp_path: Path, question: npt.NDArray[np.float32]) -> None:
     """force_listen during a reply: response.listen, then response.done interrupted, then no more audio."""
-    client = await RawClient.connect(server)
-    await client.start(config={"max_tokens": 200})
-    await client.speak(question)
-    await client.until("response.output_audio.delta")
-    await client.append(np.zeros(1600, np.float32), force_listen=True)
-    await client.until("response.listen")
-    done = await client.until("response.done")
-    assert done["response"]["status"] == "interrupted"
-    await client.append(np.zeros(1600, np.float32))
-    await client.send("session.close")
-    await client.until("session.closed")
+    # A reply that takes as long to make as it lasts: the tiny engine's, at no cost, was often all made while
+    # speculated and over at the server by its first delta, and then there is nothing to stop.
+    engine = build_tiny_engine(cost=EngineCost(audio_rtf=1.0))
+    async with OmniServer(server_settings(tmp_path), engine) as server:
+        client = await RawClient.connect(server)
+        await client.start(config={"max_tokens": 200})
+        await client.speak(question)
+        await client.until("response.output_audio.delta")
+        await client.append(np.zeros(1600, np.float32), force_listen=True)
+        await client.until("response.listen")
+        done = await client.until("response.done")
+        assert done["response"]["status"] == "interrupted"
+        await client.append(np.zeros(1600, np.float32))
+        await client.send("session.close")
+        await client.until("session.closed")
     after = client.events[client.events.index(done) :]
     assert not [e for e in after if e["type"] == "response.output_audio.delta"]
 
