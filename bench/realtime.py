@@ -205,6 +205,13 @@ class Turn:
     failed: bool = False
     input_lag_s: float | None = None  # see `Caller.input_lag_s`; filled in by `Caller.record`
 
+    def new_reply(self) -> None:
+        """A reply starts (`response.created`): what an earlier one of this turn brought does not count. The
+        server withdraws a reply to a mere pause (`response.cancelled`, the user went on) and answers the whole
+        turn later; its audio, heard before the end of speech, was no first audio and no stall of this turn."""
+        self.first_audio_at, self.playhead_end, self.audio_s = None, 0.0, 0.0
+        self.underruns, self.stall_s = 0, 0.0
+
 
 @dataclass
 class CallRecord:
@@ -302,6 +309,10 @@ class Caller:
                 self.errors.append(str(event.get("error", {}).get("code")))
             elif turn is None:
                 continue
+            elif kind == "response.created":
+                turn.new_reply()
+            elif kind == "response.cancelled":  # withdrawn: the user had only paused, and the turn goes on
+                turn.stopped_at, turn.audio_end_ms, turn.done_at = None, None, None
             elif kind == "input.speech_stopped" and turn.stopped_at is None:
                 turn.stopped_at, turn.audio_end_ms = now, int(event["audio_end_ms"])
             elif kind == "response.output_audio.delta":
@@ -314,7 +325,7 @@ class Caller:
                     turn.playhead_end = now
                 turn.playhead_end += duration
                 turn.audio_s += duration
-            elif kind == "response.done":
+            elif kind == "response.done" and event.get("response", {}).get("status") != "cancelled":
                 turn.done_at, turn.timings = now, dict(event.get("timings") or {})
                 turn.status = str(event.get("response", {}).get("status"))
                 self._next_turn_at = max(turn.playhead_end, now) + GAP_AFTER_REPLY_S

@@ -76,6 +76,7 @@ class Microphone(MediaStreamTrack):
         self._pending = np.zeros(0, np.int16)
         self._end_left = -1  # samples still to send before the current utterance's last speech sample
         self.end_sent_at: float | None = None
+        self.ended = asyncio.Event()  # set once the current utterance's last speech sample has been sent
         self._start: float | None = None
         self._pts = 0
 
@@ -84,6 +85,7 @@ class Microphone(MediaStreamTrack):
         up = np.interp(np.arange(len(speech) * ratio) / ratio, np.arange(len(speech)), speech)
         self._pending = np.clip(up * 32767, -32768, 32767).astype(np.int16)
         self._end_left, self.end_sent_at = end_sample * ratio, None
+        self.ended.clear()
 
     async def recv(self) -> av.AudioFrame:
         if self._start is None:
@@ -96,6 +98,7 @@ class Microphone(MediaStreamTrack):
         out[:take], self._pending = self._pending[:take], self._pending[take:]
         if 0 <= self._end_left < FRAME_SAMPLES:
             self.end_sent_at = time.monotonic()
+            self.ended.set()
         self._end_left -= FRAME_SAMPLES if self._end_left >= 0 else 0
         frame = av.AudioFrame.from_ndarray(out.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = MIC_RATE_HZ, self._pts, fractions.Fraction(1, MIC_RATE_HZ)
@@ -142,8 +145,12 @@ class RtcCaller:
         self.mic.say(speech, fixture.end_sample)
         try:
             async with asyncio.timeout(fixture.speech_s + TURN_TIMEOUT_S):
-                await self.done.wait()
-                await self.played_out()
+                while True:  # a reply withdrawn when the user went on (`response.cancelled`) did not end the turn
+                    await self.done.wait()
+                    await self.played_out()
+                    await self.mic.ended.wait()
+                    if self.done.is_set():
+                        break
         except TimeoutError:
             result.failed += 1
         if self.first_loud_at is not None and self.mic.end_sent_at is not None:
@@ -159,7 +166,13 @@ class RtcCaller:
             await asyncio.sleep(max(left, 0.02))
 
     def on_event(self, raw: str) -> None:
-        if json.loads(raw).get("type") == "response.done":
+        event = json.loads(raw)
+        kind = event.get("type")
+        if kind == "response.created":  # audio heard before belonged to a reply withdrawn when the user went on
+            self.first_loud_at = None
+        elif kind == "response.cancelled":
+            self.done.clear()
+        elif kind == "response.done" and event.get("response", {}).get("status") != "cancelled":
             self.done.set()
 
 
