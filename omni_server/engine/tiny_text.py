@@ -37,6 +37,10 @@ BYTE_OF_ID: tuple[int, ...] = tuple(bytes_to_unicode())
 ID_OF_BYTE: tuple[int, ...] = tuple(sorted(range(256), key=lambda i: BYTE_OF_ID[i]))
 # How much rarer than ordinary text a special token or a control character is (a logit offset).
 RARE_LOGIT = -1.0
+# "!" (id 0) as rare as in real text: `_decode_text` drops id 0, and a chunk left empty fails its reply. At
+# the random model's own rate long replies failed ~1 in 100 (a "!" before a held-back character), far more
+# often than MiniCPM-o's; `--engine-faults` makes that failure on purpose.
+BANG_LOGIT = -3.0
 _NO_SAMPLING = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|tts_eos|>")  # structure: handled apart
 
 
@@ -82,6 +86,7 @@ def utf8_masks(vocab_size: int, ids: dict[str, int]) -> torch.Tensor:
     rare = [ID_OF_BYTE[b] for b in (*range(0x01, 0x20), 0x7F)]
     rare += [i for token, i in ids.items() if token not in _NO_SAMPLING]
     masks[0, rare] = RARE_LOGIT
+    masks[0, ID_OF_BYTE[0x21]] = BANG_LOGIT
     masks[1:, [ID_OF_BYTE[b] for b in range(0x80, 0xC0)]] = 0.0
     return masks
 

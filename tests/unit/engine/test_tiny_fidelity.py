@@ -109,7 +109,7 @@ def test_long_replies_restart_the_speech_in_a_new_segment(engine: Engine) -> Non
     """Real: past ~120 speech-text tokens, at a sentence end, the segment ends with 512·k samples and the next
     starts 12800, 2048, 12800, … (its first step re-decodes 4 codes)."""
     boundaries = []
-    for session_id in ("long3", "long5"):  # replies (seed 0) that end a sentence past 120 speech tokens
+    for session_id in ("long4", "long10"):  # replies (seed 0) that end a sentence past 120 speech tokens
         _, sizes, _ = sizes_and_text(engine, session_id, max_new_tokens=240, min_new_tokens=3)
         assert sizes[:2] == [10_752, 2048]
         boundaries += [
