@@ -32,7 +32,9 @@ Made-up parts, documented here because a test may meet them:
   side end them early (benchmarks' long replies).
 - *What the text looks like.* Sampling is masked to well-formed UTF-8: printable ASCII, Latin-1 letters
   (2 bytes) and CJK (3 bytes), plus, rarely (a logit offset of −1), any special token other than the
-  turn tags and control characters, as a real reply may carry (about 4% and 2% of the text).
+  turn tags and control characters, as a real reply may carry (about 4% and 2% of the text); "!" (id 0,
+  which `_decode_text` drops) at an offset of −3, as rare as in real text, so that a chunk left empty
+  fails a reply about as seldom as it would with MiniCPM-o.
 - *How long the speech is.* After the text ends, steps go on until the segment has 3 codes (64 ms) per
   spoken text token, at least 8 codes.
 - *Per-conversation randomness.* Sampling draws from `sampling_rng`, a `torch.Generator` seeded from the

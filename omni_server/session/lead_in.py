@@ -9,8 +9,9 @@ first chunk back by that deficit removes the hole and costs no more than it.
 The deficit is measured, not assumed: for every reply, `observe` takes when each audio chunk became
 available and how long it plays, and works out the least start-up delay that would have kept every later
 chunk in time (`needed_s`). The next replies hold their first chunk for the largest need among the recent
-replies, a quarter more and a margin, at most `max_s`: a fast engine (the
-tiny one, a faster GPU) learns to hold nothing, a slower or busier one holds what it needs. Before anything is measured, the first chunk waits
+replies, a quarter more and a margin, at most `max_s`: a slower or busier engine holds what it
+needs, and a fast one (the tiny one, a faster GPU), whose replies are all there before their first
+chunk has played, teaches nothing, so its replies go out with their second chunk, at once. Before anything is measured, the first chunk waits
 for the second, at most `max_s`.
 
 Sans-I/O: times are given, never read; no asyncio. Must not import anything else of omni_server,
@@ -81,9 +82,16 @@ class LeadIn:
         return min(self.max_s, need * 1.25 + self.margin_s)
 
     def observe(self, chunks: Sequence[Arrival]) -> float | None:
-        """Learn from one reply's audio chunks, in order; returns its need (None: too few chunks to tell)."""
+        """Learn from one reply's audio chunks, in order; returns its need (None: nothing to tell, too few
+        chunks or all of them there before the first had played)."""
         if len(chunks) < 2:
             return None
         need = needed_s(chunks)
+        first_at, first_s = chunks[0]
+        if need <= 0 and chunks[-1][0] <= first_at + first_s:
+            # Everything was there before the first chunk had played: the reply never tested the pace. A
+            # reply the model ended after two TTS steps (its held-back rest comes at once) looks like this
+            # at any pace, and learning "no hold" from it left the next, longer reply with a 0.1 s hole.
+            return None
         self._needs.append(need)
         return need

@@ -28,13 +28,17 @@ def test_the_need_is_exactly_enough() -> None:
         assert p.underruns == underruns, delay
 
 
-def test_fast_engine_needs_nothing() -> None:
-    """Chunks that come faster than they play need no hold, and a learned LeadIn holds nothing."""
+def test_replies_that_never_tested_the_pace_teach_nothing() -> None:
+    """Chunks all there before the first has played (a fast engine, or a reply the model ended after two TTS
+    steps at any pace) need no hold but say nothing of the next reply: they are not learned from."""
     fast = [(0.0, 0.448), (0.02, 0.085), (0.04, 0.533)]
-    assert needed_s(fast) == 0.0
+    two_steps = [(0.0, 0.448), (0.32, 0.085), (0.32, 0.533)]  # the real pace, ended after two steps
+    assert needed_s(fast) == needed_s(two_steps) == 0.0
     lead_in = LeadIn()
-    lead_in.observe(fast)
-    assert lead_in.measured and lead_in.hold_s() == 0.0
+    assert lead_in.observe(fast) is None and lead_in.observe(two_steps) is None and not lead_in.measured
+    assert lead_in.observe(REAL_PACE) == pytest.approx(0.107, abs=1e-3)
+    lead_in.observe(two_steps)
+    assert lead_in.needs == (pytest.approx(0.107, abs=1e-3),)
 
 
 def test_hold_is_the_largest_recent_need_a_quarter_more_and_margin_capped() -> None:
@@ -48,8 +52,8 @@ def test_hold_is_the_largest_recent_need_a_quarter_more_and_margin_capped() -> N
     assert lead_in.hold_s() == pytest.approx(0.171 * 1.25 + 0.04, abs=2e-3)
     lead_in.observe([(0.0, 0.1), (1.0, 0.1)])  # a stalled reply: needs 0.9 s
     assert lead_in.hold_s() == 0.35
-    lead_in.observe([(0.0, 0.5), (0.01, 0.5)])
-    lead_in.observe([(0.0, 0.5), (0.01, 0.5)])  # the stall has left the history
+    lead_in.observe([(0.0, 0.5), (0.4, 0.5), (0.9, 0.5)])
+    lead_in.observe([(0.0, 0.5), (0.4, 0.5), (0.9, 0.5)])  # the stall has left the history
     assert lead_in.hold_s() == 0.0
 
 
