@@ -9,10 +9,11 @@ first chunk back by that deficit removes the hole and costs no more than it.
 The deficit is measured, not assumed: for every reply, `observe` takes when each audio chunk became
 available and how long it plays, and works out the least start-up delay that would have kept every later
 chunk in time (`needed_s`). The next replies hold their first chunk for the largest need among the recent
-replies, a quarter more and a margin, at most `max_s`: a slower or busier engine holds what it
-needs, and a fast one (the tiny one, a faster GPU), whose replies are all there before their first
-chunk has played, teaches nothing, so its replies go out with their second chunk, at once. Before anything is measured, the first chunk waits
-for the second, at most `max_s`.
+replies, a quarter more and a margin, at most `max_s`: a slower or busier engine holds what it needs. A
+reply whose audio was all there before its first chunk had played never tested the pace and teaches
+nothing: a fast engine's (the tiny one, a faster GPU), or one the model ended after two TTS steps.
+Before anything is measured, the first chunk waits for the second, at most `max_s` (with a fast
+engine, no time at all).
 
 Sans-I/O: times are given, never read; no asyncio. Must not import anything else of omni_server,
 websockets, aiortc, torch.
