@@ -15,14 +15,14 @@ Rules (Silero's own ``VADIterator`` semantics, plus a minimum speech length):
 - *Stop*: while speaking, the first window with ``prob < neg_threshold`` opens a silence; a window
   with ``prob >= threshold`` cancels it, values in between keep it running. Once the silence spans
   ``min_silence_ms``, ``SpeechStopped`` reports the silence's first sample as the end of speech.
-- *Pause*: a silence may be reported at two points before ``min_silence_ms`` ends it, each a
-  ``SpeechPaused`` saying the turn may be over. At ``speculate_pause_ms`` (``speculate``) the caller
-  may start a reply speculatively; at ``pause_ms`` (``judge``) it may ask a semantic model, whose
-  verdict ``end_turn`` turns into an end at once (rule ``"semantic"``). Two equal points are one
-  event with both flags; a point not shorter than ``min_silence_ms`` is never reached. Each silence
-  that reaches a point is one numbered pause (both its events carry the number), so a late answer
-  about an earlier pause is told apart; speech before the silence window is over gives
-  ``SpeechResumed`` for it.
+- *Pause*: a silence may be reported at two points before ``min_silence_ms`` ends it (each at the
+  window nearest its duration: a moment, not a minimum), each a ``SpeechPaused`` saying the turn may
+  be over. At ``speculate_pause_ms`` (``speculate``) the caller may start a reply speculatively; at
+  ``pause_ms`` (``judge``) it may ask a semantic model, whose verdict ``end_turn`` turns into an end
+  at once (rule ``"semantic"``). Two equal points are one event with both flags; a point not shorter
+  than ``min_silence_ms`` is never reached. Each silence that reaches a point is one numbered pause
+  (both its events carry the number), so a late answer about an earlier pause is told apart; speech
+  before the silence window is over gives ``SpeechResumed`` for it.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ class TurnConfig:
     def _pause_windows_for(self, pause_ms: float | None) -> int | None:
         if pause_ms is None:
             return None
-        windows = max(1, self._windows_for(pause_ms))
+        # A pause point is a moment, not a minimum: the nearest window (100 ms: 96, not 128; 200: 192).
+        windows = max(1, round(pause_ms * self.sample_rate_hz / 1000.0 / self.window_samples))
         return windows if windows < self.min_silence_windows else None
 
     def _windows_for(self, duration_ms: float) -> int:

@@ -115,7 +115,7 @@ class ListeningJudge(SmartTurnModel):
     def __init__(self) -> None:  # no model to load
         self.heard: list[int] = []
 
-    def complete_probability(self, audio: npt.ArrayLike) -> float:
+    def complete_probability(self, audio: npt.ArrayLike, *, crowded: bool = False) -> float:
         self.heard.append(len(np.asarray(audio)))
         return 0.0
 
@@ -313,7 +313,8 @@ async def test_the_speculation_starts_at_its_own_pause_before_smart_turn_is_aske
         runs[speculate_ms, judge_ms] = (recorder.replies(), session.usage, judge.heard)
     (replies, usage, heard), early, late = runs[100, 200], runs[100, 100], runs[200, 200]
     assert (replies, usage) == early[:2] and usage["audio_tokens"] < late[1]["audio_tokens"]
-    assert heard == late[2] and all(h > e for h, e in zip(heard, early[2], strict=True))  # at each pause
+    # (judged at 96 ms, shorter gaps inside the question are pauses too: compare the silence that ends it)
+    assert heard == late[2] and heard[-1] > early[2][-1]
 
 
 async def test_talking_on_between_the_two_pauses_changes_nothing(
@@ -335,7 +336,9 @@ async def test_talking_on_between_the_two_pauses_changes_nothing(
         events = [e for e in detector.feed(await stream.feed(frames[cut])) if not isinstance(e, SpeechStarted)]
         cut += 1
     assert [(e.speculate, e.judge) for e in events if isinstance(e, SpeechPaused)] == [(True, False)]
-    assert [type(e) for e in detector.feed(await stream.feed(np.concatenate(frames[cut:])))] == [SpeechResumed]
+    rest = detector.feed(await stream.feed(np.concatenate(frames[cut:])))
+    assert isinstance(rest[0], SpeechResumed)  # (later gaps between words may reach 96 ms too, never 192)
+    assert not [e for e in rest if isinstance(e, SpeechPaused) and e.judge]
 
     started = asyncio.Event()
     outcomes: list[str] = []
@@ -359,7 +362,7 @@ async def test_talking_on_between_the_two_pauses_changes_nothing(
         session.commit()
         await recorder.until("response.done")
         session.close()
-    assert outcomes == ["started", "discarded"]
+    assert outcomes == ["started", "discarded"] * (len(outcomes) // 2)  # the gap's, and any later ones
     assert recorder.replies() == plain.replies() and recorder.replies()[0][0] == "completed"
     assert session.conversation.context_tokens == plain_session.conversation.context_tokens
     assert session.usage == plain_session.usage

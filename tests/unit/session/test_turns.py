@@ -193,8 +193,8 @@ def test_accepts_numpy_probabilities() -> None:
 
 # ---- pauses and semantic ends -------------------------------------------------------------------
 
-PAUSE_WINDOWS = 7  # ceil(200 ms / 32 ms)
-SPECULATE_WINDOWS = 4  # ceil(100 ms / 32 ms)
+PAUSE_WINDOWS = 6  # 200 ms / 32 ms, to the nearest window
+SPECULATE_WINDOWS = 3  # 100 ms / 32 ms, to the nearest window
 
 
 def _paused_config() -> TurnConfig:
@@ -254,7 +254,10 @@ def test_speech_between_the_two_pauses_resumes_the_first() -> None:
     """Speech after the speculation's pause, before the judge's: resumed, and the judge's never comes."""
     det = TurnDetector(TurnConfig(pause_ms=200, speculate_pause_ms=100, min_silence_ms=800))
     events = det.feed([0.9] * 10 + [0.0] * (SPECULATE_WINDOWS + 1) + [0.9] * 3)
-    assert events[1:] == [SpeechPaused(10 * W, pause=1, speculate=True, judge=False), SpeechResumed(15 * W, pause=1)]
+    assert events[1:] == [
+        SpeechPaused(10 * W, pause=1, speculate=True, judge=False),
+        SpeechResumed((10 + SPECULATE_WINDOWS + 1) * W, pause=1),
+    ]
     assert det.end_turn(1) is None and det.speaking
     later = det.feed([0.0] * PAUSE_WINDOWS)
     assert [(e.pause, e.speculate, e.judge) for e in later if isinstance(e, SpeechPaused)] == [
