@@ -1,10 +1,12 @@
 """How a call's turn ends, and the replies started before it has: the pieces `CallSession` composes.
 
 - `SemanticJudge`: asks the end-of-turn model (Smart Turn) off the event loop whether the user has
-  finished, given the turn's audio so far; a decision costs ~10-100 ms of one core. Every call's
+  finished, given the turn's audio so far; a decision costs ~10-120 ms of CPU. Every call's
   decisions run one at a time on one thread: run side by side (the default executor's threads), they
   took the cores the event loop and the VAD need when many calls paused at once. A decision that has
   waited longer than its silence window has left is skipped: the window ends that turn first anyway.
+  A lone decision runs on every core the model may use (it is on its turn's critical path); one that
+  follows another at once (many calls pausing) runs on one, leaving the others to the event loop.
 - `Hold`: a reply started speculatively holds its output until the turn is confirmed (`release`), or
   is dropped; it also remembers how much of the reply was ready at the decision.
 - `TurnEnd`: which rule ended a turn and how long after the end of speech, for `response.done`.
@@ -60,23 +62,38 @@ class SemanticJudge:
 
     async def finished(self, audio: Samples) -> bool:
         """True when the model is at least `threshold` sure the speaker has finished (False when skipped)."""
-        asked = time.monotonic()
+        asked, judges = time.monotonic(), _judges()
 
-        def decide() -> float | None:
-            if time.monotonic() - asked > self.useful_s:
+        def decide() -> float | None:  # on the judges' thread
+            start = time.monotonic()
+            if start - asked > self.useful_s:
                 return None
-            return self.model.complete_probability(audio)
+            try:
+                return self.model.complete_probability(audio, crowded=start - judges.last_end < _BACK_TO_BACK_S)
+            finally:
+                judges.last_end = time.monotonic()
 
-        probability = await asyncio.get_running_loop().run_in_executor(_judge_thread(), decide)
+        probability = await asyncio.get_running_loop().run_in_executor(judges.thread, decide)
         if probability is None:
             self.skipped += 1
             return False
         return probability >= self.threshold
 
 
+_BACK_TO_BACK_S = 0.1  # a decision starting this soon after the last one ended: the judges are busy
+
+
+@dataclass
+class _Judges:
+    """The one thread every call's decisions run on; `last_end` is read and written on it only."""
+
+    thread: concurrent.futures.ThreadPoolExecutor
+    last_end: float = -math.inf
+
+
 @functools.cache
-def _judge_thread() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn")
+def _judges() -> _Judges:
+    return _Judges(concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn"))
 
 
 class RecentAudio:
