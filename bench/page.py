@@ -57,6 +57,7 @@ class Run:
     cost: str
     path: str
     turns: list[dict[str, Any]] = field(default_factory=list)
+    first: dict[str, Any] = field(default_factory=dict)  # the call's first turn, left out (see `page_call`)
     rtc: dict[str, Any] = field(default_factory=dict)
     load: tuple[float, float] = (0.0, 0.0)  # 1-min load average before and after
     error: str = ""
@@ -100,7 +101,12 @@ def mic_file(workdir: Path, text: str, pause_s: float) -> Path:
 
 
 async def page_call(port: int, token: str, wav: Path, path: str, turns: int, cost: str) -> Run:
-    """One voice call from the page over `path` until `turns` replies have been heard (and one more began)."""
+    """One voice call from the page over `path` until `turns` replies have been heard (and one more began).
+
+    The call's first turn is left out of them (kept in `Run.first`): the fake microphone loops from when
+    the page asks for it, so the first utterance may begin before the call is live. (The server is warmed
+    up, as `make run` starts it: cold, the first call's session opened 2-3 s late, at the tiny engine's
+    first use, and that stall left WebRTC's jitter buffer deep for the next replies.)"""
     from playwright.async_api import async_playwright
 
     from tests.browser.conftest import CHROMIUM, FAKE_MEDIA_ARGS
@@ -116,16 +122,17 @@ async def page_call(port: int, token: str, wav: Path, path: str, turns: int, cos
             await page.goto(f"https://127.0.0.1:{port}/?token={token}")
             await page.select_option("#transport", path, force=True)
             await page.click("#voice-call")
-            deadline = time.monotonic() + 60 + turns * 30
+            deadline = time.monotonic() + 60 + (turns + 1) * 30
             while time.monotonic() < deadline:
                 seen = await page.evaluate("window.omni && window.omni.turns ? window.omni.turns.length : 0")
-                if seen > turns:
+                if seen > turns + 1:
                     break
                 await asyncio.sleep(1.0)
             else:
                 run.error = "timed out"
             trace = await page.evaluate("window.omni")
-            run.turns = list(trace.get("turns") or [])[:turns]
+            measured = list(trace.get("turns") or [])
+            run.first, run.turns = (measured[0] if measured else {}), measured[1 : turns + 1]
             run.rtc = dict(trace.get("rtc") or {})
             if trace.get("transport") != path:
                 run.error = f"the page used {trace.get('transport')} ({trace.get('fallback')})"
@@ -170,6 +177,15 @@ def comparison(runs: Sequence[Run]) -> list[str]:
                 f"- {r.cost}: the page's WebRTC jitter buffer held reply audio {r.rtc['jitterBufferMs']:.0f} ms "
                 f"on average (target {r.rtc.get('jitterBufferTargetMs') or 0:.0f} ms; getStats)"
             )
+    for r in runs:
+        first, parts = r.first, r.first.get("parts") or {}
+        if first.get("totalMs") is not None:
+            split = ", ".join(f"{name} {parts[name]}" for name in PARTS if name in parts)
+            rule = (first.get("timings") or {}).get("turn_rule") or "–"
+            lines.append(
+                f"- {r.cost}, {r.path}: the call's first turn, left out (its utterance may begin before the call is "
+                f"live): {first['totalMs']} ms ({split}; {rule})"
+            )
     return lines
 
 
@@ -179,7 +195,7 @@ async def bench(args: argparse.Namespace, runs: list[Run]) -> list[str]:
         wav = mic_file(workdir, args.text, args.pause_s)
         for cost in args.engine_cost.split(","):
             flags = ["--engine-cost", cost, "--vad-silence-ms", str(args.vad_silence_ms), "--max-sessions", "1"]
-            async with server_process(workdir, flags) as server:
+            async with server_process(workdir, flags, warm_up=True) as server:  # as `make run` starts
                 for path in args.paths.split(","):
                     runs.append(await page_call(server.port, server.token, wav, path, args.turns, cost))
     return [

@@ -146,9 +146,17 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def server_process(
-    workdir: Path, extra: Sequence[str], start_timeout_s: float = 120.0, *, torch_threads: int | None = 1
+    workdir: Path,
+    extra: Sequence[str],
+    start_timeout_s: float = 120.0,
+    *,
+    torch_threads: int | None = 1,
+    warm_up: bool = False,
 ) -> AsyncIterator[ServerHandle]:
     """Run `python -m omni_server` on loopback until the block ends; ready once it prints "Open:".
+
+    `warm_up`: the server's own warm-up before it is ready (off by default: a faster start; the first
+    call then pays the engine's first use, seconds on the tiny engine).
 
     `torch_threads` (OMP_NUM_THREADS) is 1 by default: the tiny engine stands in for a GPU model, whose
     engine thread takes about one core; torch's default (every core, spinning while it waits) made the
@@ -159,7 +167,8 @@ async def server_process(
     out, log = ssl_dir / "stdout.txt", ssl_dir / "stderr.txt"
     args = [sys.executable, "-m", "omni_server", "--engine", "tiny", "--host", "127.0.0.1", "--port", str(port)]
     # `--token=`: a token may start with "-", which argparse would read as a flag.
-    args += [f"--token={token}", "--ssl-dir", str(ssl_dir), "--no-warm-up", "--log-level", "warning", *extra]
+    args += [f"--token={token}", "--ssl-dir", str(ssl_dir), "--log-level", "warning", *extra]
+    args += [] if warm_up else ["--no-warm-up"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if torch_threads is not None:
         env["OMP_NUM_THREADS"] = str(torch_threads)

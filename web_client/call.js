@@ -198,6 +198,7 @@ export class Call {
   }
 
   slowConnect() {
+    if (this.created || this.ended) return; // connected (or over) in time: nothing to say
     this.slow = true;
     this.mark("slow-connect");
     if (this.state === "connecting") this.setState("connecting", WAITING_FOR[this.waitingFor]);
