@@ -10,7 +10,10 @@ status `failed` and the reason; any other engine failure ends the call.
 
 A speculative reply (started before the user's turn was confirmed, with a `Hold`) runs on spare model
 time and keeps its chunks until `Hold.release`, when it sends them all at once and goes on as any
-other; dropped before that, it has said nothing at all. A reply withdrawn because the user went on
+other; dropped before that, it has said nothing at all. Unconfirmed, it makes no more than
+`SPECULATION_AHEAD_S` of speech (then waits for the release): enough to start without a gap, while
+a speculation the user talks on through wastes no more model time, and a CPU-bound engine leaves the
+cores to the end-of-turn decision that the reply is waiting for. A reply withdrawn because the user went on
 (`cancel("user_continued")`) ends with `response.cancelled` and status `cancelled`.
 
 Scheduling: every chunk is requested with the time by which it should start on the shared model
@@ -61,6 +64,9 @@ from omni_server.session.turn_end import Hold, TurnEnd
 
 FIRST_CHUNK_SLACK_S = 0.5  # a reply's first chunk may yield this long to calls whose listener would run dry
 PLAYBACK_GUARD_S = 0.1  # a later chunk is due this long (plus its own compute) before the listener runs dry
+# An unconfirmed speculation stops after this much speech (MiniCPM-o: three TTS steps, 1.07 s): more than
+# the start-up hold needs, and a next step (0.32 s at the real pace) comes long before it has played.
+SPECULATION_AHEAD_S = 1.0
 
 
 class AudioSink(Protocol):
@@ -153,6 +159,7 @@ class Reply:
         self._startup: list[npt.NDArray[np.float32]] = []  # audio held back by the start-up hold
         self._hold_until: float | None = None  # while set, audio is held
         self._pull: asyncio.Future[OutputChunk | None] | None = None  # a chunk being made at a speculation's release
+        self._waited = False  # a speculation that stopped at SPECULATION_AHEAD_S until its release
 
     @property
     def playback(self) -> Playback:
@@ -268,7 +275,7 @@ class Reply:
                 await asyncio.wait([self._pull])
             if stream is not None:
                 await asyncio.shield(stream.close())
-            if self._lead_in is not None:
+            if self._lead_in is not None and not self._waited:  # a reply that waited says nothing of the pace
                 self._lead_in.observe(self.arrivals)
             self.output_tokens = max(0, conv.context_tokens - before)
             if self.heard:  # a speculation never released has said nothing and leaves no trace
@@ -282,8 +289,8 @@ class Reply:
                     await asyncio.shield(on_done(self))
 
     async def _held(self, stream: ReplyChunks, hold: Hold) -> list[tuple[OutputChunk | None, float]]:
-        """Chunks made on spare model time until the turn is confirmed (all of them, if the reply ends first),
-        each with when it was made. A chunk still being made at the release is left to `_next` (`_pull`):
+        """Chunks made on spare model time until the turn is confirmed (all of them, if the reply ends first;
+        no more than `SPECULATION_AHEAD_S` of speech), each with when it was made. A chunk still being made at the release is left to `_next` (`_pull`):
         what was made goes out at once, not after it."""
         held: list[tuple[OutputChunk | None, float]] = []
         released = asyncio.ensure_future(hold.released.wait())
@@ -291,6 +298,10 @@ class Reply:
         try:
             while not hold.released.is_set():
                 if held and held[-1][0] is None:
+                    await released
+                    break
+                if hold.audio_s >= SPECULATION_AHEAD_S:
+                    self._waited = True
                     await released
                     break
                 pull = asyncio.ensure_future(stream.next(read_ahead=True))
@@ -305,6 +316,7 @@ class Reply:
                     chunk = None
                 held.append((chunk, self._clock()))
                 hold.chunks += chunk is not None
+                hold.audio_s += 0.0 if chunk is None else chunk.duration_s
         finally:
             released.cancel()
             if pull is not None and not pull.done() and pull is not self._pull:  # dropped, or the call ends

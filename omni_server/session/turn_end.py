@@ -144,11 +144,14 @@ class Hold:
     released_at: float | None = None  # when the turn was confirmed
     chunks_at_release: int | None = None  # chunks already made when the turn was confirmed
     chunks: int = 0  # chunks made so far
+    audio_s: float = 0.0  # their speech, in seconds
+    audio_s_at_release: float | None = None
 
     def release(self, now: float, deadline: float) -> None:
         """The turn is confirmed: the reply's steps become ordinary work due at `deadline`."""
         self.released_at = now
         self.chunks_at_release = self.chunks
+        self.audio_s_at_release = self.audio_s
         self.released.set()
         if self.on_release is not None:
             self.on_release(deadline)
@@ -156,8 +159,10 @@ class Hold:
     def timings(self) -> dict[str, object]:
         """`response.done` fields: how long before the decision it started, whether its first chunk was ready."""
         lead = None if self.released_at is None else self.released_at - self.started_at
+        ready = self.audio_s_at_release
         return {
             "speculative": True,
             "speculation_lead_ms": None if lead is None else round(lead * 1000, 1),
             "first_chunk_ready_at_decision": bool(self.chunks_at_release),
+            "audio_ready_at_decision_ms": None if ready is None else round(ready * 1000, 1),
         }

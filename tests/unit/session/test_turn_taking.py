@@ -23,6 +23,7 @@ from omni_server.media.smart_turn import SmartTurnModel
 from omni_server.media.vad import SileroVadModel
 from omni_server.protocol import ServerEvent
 from omni_server.session.call_config import CallConfig
+from omni_server.session.reply import SPECULATION_AHEAD_S
 from omni_server.session.session import CallSession
 from omni_server.session.turns import SpeechPaused, SpeechResumed, SpeechStarted, TurnConfig, TurnDetector
 from omni_server.session.vad_feed import VadFeed
@@ -288,11 +289,16 @@ async def test_discarded_speculations_change_nothing(
 async def test_a_confirmed_speculation_is_released_at_once(
     worker: EngineWorker, vad_feed: VadFeed, question: Samples
 ) -> None:
-    """The speculated reply goes out when the turn is confirmed: its first chunk was ready by then."""
-    cfg = config(speculate=True, silence_ms=1500)  # 1.3 s for the speculation, even on a loaded machine
+    """The speculated reply goes out when the turn is confirmed: its first chunk was ready by then. Until
+    then it made about a second of speech and waited; confirmed, it went on to its end."""
+    # 1.3 s for the speculation, even on a loaded machine; a reply of several seconds
+    cfg = config(speculate=True, silence_ms=1500, min_new_tokens=100)
     recorder, _ = await call(worker, vad_feed, [question], cfg, realtime=True)
     timings = recorder.of("response.done")[0]["timings"]
     assert timings["speculative"] and timings["first_chunk_ready_at_decision"]
+    ready_s = timings["audio_ready_at_decision_ms"] / 1000  # the whole reply, were it not bounded
+    assert SPECULATION_AHEAD_S <= ready_s < SPECULATION_AHEAD_S + 0.54  # a TTS step: at most 0.533 s
+    assert timings["audio_s"] > ready_s + 1  # and went on once confirmed
     assert timings["speculation_lead_ms"] > 1000
     assert timings["turn_rule"] == "silence" and timings["end_of_turn_to_first_audio_ms"] < 200
     types = recorder.types()
