@@ -1,11 +1,13 @@
 """One call: its turns, its 1-second units, its replies, its limits.
 
 Audio arrives in pieces of any size; silero-vad and `TurnDetector` decide when the user speaks. While
-nobody speaks nothing is prefilled (idle seconds must not eat the context): the last `preroll_ms` of
-audio are kept in a ring buffer, and when speech starts they open the turn, so its first syllable is
-kept. During a turn every completed 1-second unit (`[audio]`, or `["<unit>", frame, audio]` in a video
-call) is prefilled at once, so at the end of the turn only the partial last unit is left to prefill
-before `streaming_generate` starts. Every output chunk is sent the moment it exists.
+nobody speaks nothing is prefilled (idle seconds must not eat the context): recent audio is kept in a
+ring buffer, and when speech starts the `preroll_ms` before its first sample open the turn, so its
+first syllable is kept. A long piece goes through the turn logic a VAD window at a time, so a turn
+hears the same audio whatever the pieces' size, and pieces that queued up behind a busy loop are
+taken together. During a turn every completed 1-second unit (`[audio]`, or `["<unit>", frame,
+audio]` in a video call) is prefilled at once, so at the end of the turn only the partial last unit
+is left to prefill before `streaming_generate` starts. Every output chunk is sent the moment it exists.
 
 Replies are `Reply` objects (reply.py), one per turn.
 
@@ -86,6 +88,7 @@ Samples = npt.NDArray[np.float32]
 # costs tens of ms, so it goes ahead of any reply chunk whose listener has more than this buffered.
 PREFILL_START_S = 0.2
 _CLOSE_CHUNK_WAIT_S = 1.0
+_MERGED_SAMPLES = INPUT_SAMPLE_RATE_HZ // 2  # audio waiting in the inbox taken as one piece, at most (0.5 s)
 _JUDGED_S = 8  # Smart Turn hears the last 8 s of the turn
 _REJOIN_MAX_S = 10.0  # audio kept after a turn's partial unit was cut, to rejoin it if the turn goes on
 GREETING_GUARD_S = 1.5  # speech detected this soon after the greeting starts playing does not interrupt it
@@ -127,6 +130,9 @@ class _Verdict:
     pause: int
 
 
+_Inbound = tuple[Samples, Image.Image | None, float] | str | _Verdict  # what the input loop takes, in order
+
+
 class CallSession:
     """The state of one call; `run()` drives it until a limit, the client or an error ends it."""
 
@@ -150,9 +156,12 @@ class CallSession:
         self._clock = clock
         self._vad = vad.stream()
         self._turns = TurnDetector(config.turn)
-        self._preroll = PreRoll(config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000)
+        self._preroll_samples = config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000  # kept before speech starts
+        # Speech is confirmed `min_speech_ms` after it starts: the ring keeps that much more (see `_opening`).
+        confirm_samples = config.turn.min_speech_windows * config.turn.window_samples
+        self._preroll = PreRoll(self._preroll_samples + confirm_samples + config.turn.window_samples)
         self._cutter = UnitCutter(INPUT_SAMPLE_RATE_HZ)
-        self._inbox: asyncio.Queue[tuple[Samples, Image.Image | None, float] | str | _Verdict] = asyncio.Queue()
+        self._inbox: asyncio.Queue[_Inbound] = asyncio.Queue()
         self._received_at = clock()  # when the audio being processed arrived (units are due from then)
         self._pending_samples = 0  # audio in the inbox
         self._work: asyncio.Queue[_Unit | _StartReply | _Rollback] = asyncio.Queue()  # the model loop's
@@ -283,11 +292,18 @@ class CallSession:
         raise SessionEnded("The call reached its maximum duration.", code="max_duration")
 
     async def _input_loop(self) -> None:
+        stash: _Inbound | None = None  # the item after a run of audio pieces taken together
         while True:
-            try:
-                item = await asyncio.wait_for(self._inbox.get(), self.config.idle_timeout_s)
-            except TimeoutError:
-                raise SessionEnded("No audio arrived for too long.", code="idle_timeout") from None
+            if stash is not None:
+                item, stash = stash, None
+            elif not self._inbox.empty():
+                item = self._inbox.get_nowait()
+            else:
+                try:
+                    async with asyncio.timeout(self.config.idle_timeout_s):
+                        item = await self._inbox.get()
+                except TimeoutError:
+                    raise SessionEnded("No audio arrived for too long.", code="idle_timeout") from None
             if isinstance(item, str):
                 await self._control(item)
                 continue
@@ -300,7 +316,25 @@ class CallSession:
             self._pending_samples -= len(samples)
             if frame is not None:
                 self._frame = frame
+            else:
+                samples, stash = self._waiting_audio(samples)
             await self._on_audio(samples)
+
+    def _waiting_audio(self, samples: Samples) -> tuple[Samples, _Inbound | None]:
+        """`samples` and the audio pieces already waiting behind it, as one piece (at most `_MERGED_SAMPLES`), and
+        the item that ended the run. A call whose input loop fell behind (a busy machine) catches up in
+        one VAD round and one pass of the turn logic instead of one per 20 ms piece; turns are cut at
+        stream positions, so they are the same. A piece with a camera frame is not merged (each unit
+        takes the frame current when it completes), nor is anything else (it waits its turn)."""
+        pieces, size = [samples], len(samples)
+        while size < _MERGED_SAMPLES and not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if not (isinstance(item, tuple) and item[1] is None):
+                return _joined(pieces), item
+            pieces.append(item[0])
+            size += len(item[0])
+            self._pending_samples -= len(item[0])
+        return _joined(pieces), None
 
     async def _model_loop(self) -> None:
         """The call's model work, in order; the input loop queues it and never waits for it."""
@@ -334,16 +368,34 @@ class CallSession:
     # ---- turns -----------------------------------------------------------------------------------
 
     async def _on_audio(self, samples: Samples) -> None:
-        self._heard.push(samples)
-        self._samples_in += len(samples)
         if not self.config.turn_detection:
+            self._heard.push(samples)
+            self._samples_in += len(samples)
             self._queue_audio(samples)
             return
         probs = await self._vad.feed(samples)  # batched with every other call's windows, off the loop
+        window = self.config.turn.window_samples
+        if len(samples) <= window:
+            await self._on_piece(samples, probs)
+            return
+        # A long piece goes through the turn logic a VAD window at a time, so that what happens inside it
+        # (speech starting, a pause cutting the turn) cuts its audio where it happened, not at its end.
+        done = 0
+        first = (self._turns.windows_seen + 1) * window - self._samples_in  # where its first window ends
+        for k in range(len(probs)):
+            end = first + k * window
+            await self._on_piece(samples[done:end], probs[k : k + 1])
+            done = end
+        if done < len(samples):
+            await self._on_piece(samples[done:], probs[:0])
+
+    async def _on_piece(self, samples: Samples, probs: npt.NDArray[np.float32]) -> None:
+        """Audio and the VAD's probabilities for the windows it completes: the turn logic, and where it goes."""
+        self._heard.push(samples)
+        self._samples_in += len(samples)
         events = self._turns.feed(probs)
         was_in_turn, fed = self._in_turn, False
         if not self._in_turn:
-            self._preroll.push(samples)
             self._keep_for_rejoin(samples)
         for event in events:
             if isinstance(event, turns.SpeechStarted) and not self._in_turn:
@@ -360,7 +412,7 @@ class CallSession:
                 self._stop_reply()
                 self._continuable_until, self._since_tail = None, None
                 await self._send(protocol.SpeechStarted(audio_start_ms=_ms(event.sample_index)))
-                self._queue_audio(self._preroll.take())
+                self._queue_audio(self._opening(samples, event.sample_index))
             elif isinstance(event, turns.SpeechPaused) and self._in_turn:
                 self._on_pause(event)
             elif isinstance(event, turns.SpeechResumed) and self._in_turn and self._paused:
@@ -371,6 +423,18 @@ class CallSession:
             self._queue_audio(samples)
         elif was_in_turn and not self._in_turn:
             self._keep_for_rejoin(samples)
+        elif not self._in_turn:
+            self._preroll.push(samples)
+
+    def _opening(self, samples: Samples, speech_start: int) -> Samples:
+        """A turn's first audio: `preroll_ms` before the speech's first sample, and the rest of the piece in
+        which the VAD confirmed it. Cut at stream positions, so every piece size gives the same turn: a
+        long piece (an SDK client's 1-s or 5-s appends) used to go whole into the pre-roll ring, which
+        kept only its last `preroll_ms`, and the speech before that was lost."""
+        before = self._preroll.take()  # what came before this piece
+        start = self._samples_in - len(samples) - len(before)  # stream position of `before`'s first sample
+        keep_from = max(start, speech_start - self._preroll_samples)
+        return np.concatenate([before, samples])[keep_from - start :]
 
     def _queue_audio(self, samples: Samples) -> None:
         """The turn's audio: into units for the model, or, while a speculation is held, kept to rejoin."""
@@ -688,3 +752,7 @@ def describe_engine(info: EngineInfo) -> dict[str, Any]:
 
 def _ms(sample_index: int) -> int:
     return sample_index * 1000 // INPUT_SAMPLE_RATE_HZ
+
+
+def _joined(pieces: list[Samples]) -> Samples:
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)

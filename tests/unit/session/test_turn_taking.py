@@ -153,6 +153,7 @@ async def call(
     turn_model: SmartTurnModel | None = None,
     realtime: bool = False,
     call_id: str = "call",
+    piece: int = PIECE,
 ) -> tuple[Recorder, CallSession]:
     """One call, each turn followed by 1.5 s of silence and spoken once the previous reply is done."""
     recorder = Recorder()
@@ -165,7 +166,7 @@ async def call(
             if realtime:
                 await push_realtime(session, audio)
             else:
-                push_at_once(session, audio)
+                push_at_once(session, audio, piece)
             await recorder.until("response.done", n)
         session.close()
     return recorder, session
@@ -428,3 +429,56 @@ async def test_two_calls_speculating_on_one_model_stay_isolated(
         shared.close()
     for (recorder, _), cid in zip(together, turns, strict=True):
         assert recorder.replies() == solo[cid]
+
+
+async def test_a_turn_hears_the_same_audio_in_pieces_of_any_size(
+    worker: EngineWorker, vad_feed: VadFeed, speech_dir: Path
+) -> None:
+    """Speech starting inside a long piece (an SDK client's 1-s or 5-s appends) keeps all of it, and its
+    pre-roll; 20 ms pieces that queue up (a busy machine) are taken together. Either way the model gets
+    exactly the audio it gets from pieces taken one at a time, as they come in real time."""
+    lead = np.zeros(int(1.3 * 16_000), np.float32)  # the speech starts 1.3 s into the first piece
+    audio = np.concatenate([lead, paused(speech_dir, "en", pause_s=0.3)])
+    cfg = config(speculate=False)
+    paced, paced_session = await committed(worker, vad_feed, [audio], cfg, realtime=True)
+    for piece in (FRAME, 16_000, 80_000):  # all queued at once
+        at_once, session = await committed(worker, vad_feed, [audio], cfg, realtime=False, piece=piece)
+        assert session.usage == paced_session.usage
+        assert at_once.replies() == paced.replies()
+    # Ended by the silence, the turn's audio is cut at its first pause, inside a long piece too: to the
+    # VAD window (a piece's part in the window that reaches the pause goes with it, a 20-ms or 0.1-s
+    # piece's is in the turn already). Cut at the long piece's end instead, up to ~1 s of speech was lost.
+    for lead_s in (1.0, 1.2):
+        audio = np.concatenate([np.zeros(int(lead_s * 16_000), np.float32), paused(speech_dir, "en", pause_s=0.3)])
+        _, paced_session = await call(worker, vad_feed, [audio], cfg, realtime=True)
+        _, session = await call(worker, vad_feed, [audio], cfg, piece=16_000)
+        assert abs(session.usage["audio_tokens"] - paced_session.usage["audio_tokens"]) <= 1
+
+
+async def test_pieces_waiting_in_the_inbox_go_to_the_vad_together(
+    worker: EngineWorker, vad_feed: VadFeed, question: Samples
+) -> None:
+    """Queued 20 ms pieces reach the VAD as up to 0.5 s at a time, every sample once and in order."""
+    seen: list[Samples] = []
+    all_seen = asyncio.Event()
+    session = CallSession("merge", worker, config(), Recorder().send, vad_feed)
+    feed = session._vad.feed
+
+    async def recording(samples: Samples) -> Any:
+        seen.append(samples)
+        if sum(map(len, seen)) >= 40 * FRAME:
+            all_seen.set()
+        return await feed(samples)
+
+    session._vad.feed = recording  # type: ignore[method-assign]
+    await session.start()
+    pieces = [question[i : i + FRAME] for i in range(0, 40 * FRAME, FRAME)]
+    for piece in pieces:
+        session.push_audio(piece)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(session.run())
+        async with asyncio.timeout(timeout(10)):
+            await all_seen.wait()
+        session.close()
+    assert [len(s) for s in seen] == [8_000, 4_800]
+    assert np.array_equal(np.concatenate(seen), np.concatenate(pieces))
