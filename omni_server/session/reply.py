@@ -13,8 +13,8 @@ time and keeps its chunks until `Hold.release`, when it sends them all at once a
 other; dropped before that, it has said nothing at all. Unconfirmed, it makes no more than
 `SPECULATION_AHEAD_S` of speech (then waits for the release): enough to start without a gap, while
 a speculation the user talks on through wastes no more model time, and a CPU-bound engine leaves the
-cores to the end-of-turn decision that the reply is waiting for. A reply withdrawn because the user went on
-(`cancel("user_continued")`) ends with `response.cancelled` and status `cancelled`.
+cores to the end-of-turn decision that the reply is waiting for. A reply withdrawn because the user
+went on (`cancel("user_continued")`) ends with `response.cancelled` and status `cancelled`.
 
 Scheduling: every chunk is requested with the time by which it should start on the shared model
 (`chunk_deadline`): the first soon after the turn ended, later ones in time for the listener not to
@@ -290,8 +290,8 @@ class Reply:
 
     async def _held(self, stream: ReplyChunks, hold: Hold) -> list[tuple[OutputChunk | None, float]]:
         """Chunks made on spare model time until the turn is confirmed (all of them, if the reply ends first;
-        no more than `SPECULATION_AHEAD_S` of speech), each with when it was made. A chunk still being made at the release is left to `_next` (`_pull`):
-        what was made goes out at once, not after it."""
+        no more than `SPECULATION_AHEAD_S` of speech), each with when it was made. A chunk still being
+        made at the release is left to `_next` (`_pull`): what was made goes out at once, not after it."""
         held: list[tuple[OutputChunk | None, float]] = []
         released = asyncio.ensure_future(hold.released.wait())
         pull: asyncio.Future[OutputChunk | None] | None = None

@@ -239,7 +239,7 @@ async def test_long_call_rolls_context_over(tmp_path: Path, question: npt.NDArra
     async with OmniServer(settings, build_tiny_engine()) as server:
         client = await RawClient.connect(server)
         await client.start()
-        for _ in range(6):
+        for _ in range(12):  # ~150 tokens a turn: the budget is full after about seven
             await client.speak(question)
             await client.until("response.done")
             if client.of_type("conversation.truncated"):
