@@ -102,7 +102,8 @@ class SmartTurnModel:
     turn's critical path, so it runs on up to ``threads`` cores (default: two where there are two; this
     2-core AVX2 VM: 116 ms on one, 68 ms on two). The threads never spin between ops, so two cost the CPU
     time of one (~120 ms here; spinning took another ~60 ms of a core per decision). A ``crowded``
-    decision (others are waiting for the model) runs on one core, leaving the rest to the event loop.
+    decision (one right after another: many calls pausing together) runs on one core, leaving the rest
+    to the event loop.
     """
 
     def __init__(self, model_path: str | None = None, *, threads: int | None = None) -> None:
