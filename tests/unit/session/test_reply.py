@@ -1,5 +1,6 @@
 """Reply's start-up hold: the first audio waits for the learned need (or, unmeasured, for the second chunk),
-later chunks go at once, barge-in during the hold sends nothing, and every reply that tested the pace teaches the LeadIn."""
+later chunks go at once, barge-in during the hold sends nothing, and every reply that tested the pace
+teaches the LeadIn."""
 
 from __future__ import annotations
 
