@@ -25,7 +25,7 @@ def make_speech_wav(text: str, path: Path, *, rate_hz: int = 16000, pad_s: float
     raw = path.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text], check=True)
     subprocess.run(
-        ["sox", str(raw), "-r", str(rate_hz), "-c", "1", "-b", "16", str(path), "pad", str(pad_s), str(pad_s)],
+        ["sox", "-D", str(raw), "-r", str(rate_hz), "-c", "1", "-b", "16", str(path), "pad", str(pad_s), str(pad_s)],
         check=True,
     )
     raw.unlink()
@@ -51,7 +51,7 @@ def make_paused_speech_wav(
         raw, trimmed = path.with_suffix(f".{i}.raw.wav"), path.with_suffix(f".{i}.wav")
         subprocess.run(["espeak-ng", "-v", VOICES[language], "-s", "150", "-w", str(raw), text], check=True)
         trim = ["silence", "1", "0.01", "0.5%", "reverse", "silence", "1", "0.01", "0.5%", "reverse"]
-        subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(trimmed), *trim], check=True)
+        subprocess.run(["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(trimmed), *trim], check=True)
         raw.unlink()
         pieces.append(load_f32(trimmed))
         trimmed.unlink()
