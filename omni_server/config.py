@@ -108,11 +108,6 @@ class Settings:
     turn_pause_ms: int = _opt(
         200, "Silence after which the end-of-turn model is asked (it is less accurate after shorter ones)."
     )
-    turn_judge_ahead_ms: int = _opt(
-        64,
-        "Ask the end-of-turn model this much before --turn-pause-ms, on the silence so far extended to the pause, "
-        "so its verdict is ready at the pause (it applies only if the silence lasts that long). 0: ask at the pause.",
-    )
     speculate: bool = _opt(
         True,
         "Start the reply when speech pauses (--speculate-pause-ms), before the turn is confirmed, on spare model "
@@ -323,10 +318,6 @@ def _validated(s: Settings) -> Settings:
         (s.vad_silence_ms >= 100, "vad_silence_ms must be at least 100"),
         (0.0 < s.turn_model_threshold <= 1.0, "turn_model_threshold must be in (0, 1]"),
         (0 < s.turn_pause_ms < s.vad_silence_ms, "turn_pause_ms must be above 0 and below vad_silence_ms"),
-        (
-            0 <= s.turn_judge_ahead_ms < s.turn_pause_ms,
-            "turn_judge_ahead_ms must be at least 0 and below turn_pause_ms",
-        ),
         (0 < s.speculate_pause_ms <= s.turn_pause_ms, "speculate_pause_ms must be above 0 and at most turn_pause_ms"),
         (s.resume_window_ms >= 0, "resume_window_ms must be >= 0"),
         (0 <= s.reply_lead_in_max_ms <= 2000, "reply_lead_in_max_ms must be 0..2000"),

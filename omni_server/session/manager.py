@@ -111,7 +111,6 @@ class SessionManager:
                 min_speech_ms=min(max(min_speech_ms, 0), 5000),
                 pause_ms=s.turn_pause_ms if eot is not None else None,
                 speculate_pause_ms=s.speculate_pause_ms if speculate else None,
-                judge_ahead_ms=s.turn_judge_ahead_ms,
             ),
             end_of_turn_threshold=eot,
             speculate=speculate,

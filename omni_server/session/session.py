@@ -16,9 +16,9 @@ waits for the model; the model loop takes the call's model work (unit prefills, 
 rolling one back) in order from a queue bounded by the pending-audio limit. So a slow shared model
 delays prefills, never the decision that the user has stopped (or started) talking.
 
-Turn ends (session/turn_end.py): the end-of-turn model (Smart Turn) judges whether the user has finished
-`turn.pause_ms` into a silence (asked `turn.judge_ahead_ms` sooner, on the silence so far extended to
-the pause); if it is sure, the turn ends then (rule "semantic"), else the silence window does ("silence"). Sooner, `turn.speculate_pause_ms` into the silence (or at the same
+Turn ends (session/turn_end.py): `turn.pause_ms` into a silence, the end-of-turn model (Smart Turn) is
+asked whether the user has finished; if it is sure, the turn ends then (rule "semantic"), else the
+silence window does ("silence"). Sooner, `turn.speculate_pause_ms` into the silence (or at the same
 pause), a reply starts speculatively on spare model time, its output held: confirmed, it is released
 at once; if the user goes on, it is dropped and the model state rolled back exactly
 (engine/rollback.py), the partial unit it started from rejoining the turn's audio. The turn's audio
@@ -75,7 +75,7 @@ from omni_server.session.context import CallContext
 from omni_server.session.lead_in import LeadIn
 from omni_server.session.rate import RealTimeBudget
 from omni_server.session.reply import FIRST_CHUNK_SLACK_S, AudioSink, Reply, TurnStats
-from omni_server.session.turn_end import Hold, Kept, RecentAudio, SemanticJudge, TurnEnd, heard_ahead
+from omni_server.session.turn_end import Hold, Kept, RecentAudio, SemanticJudge, TurnEnd
 from omni_server.session.turns import TurnDetector
 from omni_server.session.units import PreRoll, UnitCutter, pad_tail
 from omni_server.session.vad_feed import VadFeed
@@ -169,9 +169,9 @@ class CallSession:
         threshold = config.end_of_turn_threshold
         self._judge = None
         if turn_model is not None and threshold is not None and config.turn.pause_ms is not None:
-            self._judge = SemanticJudge(turn_model, threshold)
+            useful_s = (config.turn.min_silence_ms - config.turn.pause_ms) / 1000  # then the silence window decides
+            self._judge = SemanticJudge(turn_model, threshold, useful_s)
         self._heard = RecentAudio(_JUDGED_S * INPUT_SAMPLE_RATE_HZ)  # what the judge hears
-        self._judged = 0  # the last pause the judge was asked about
         self._samples_in = 0  # stream position after the newest sample (as the turn detector counts)
         self._turn_start = 0  # stream position of the current turn's first speech
         self._spec_engine = worker if isinstance(worker, SpeculativeEngine) else None
@@ -466,16 +466,10 @@ class CallSession:
     def _on_pause(self, event: turns.SpeechPaused) -> None:
         """The user may have finished: ask the end-of-turn model, or start the reply speculatively, or both."""
         assert self._tg is not None
-        judge = self._judge
-        if event.judge and judge is not None and self._judged != event.pause and (not event.ahead or judge.idle()):
-            self._judged = event.pause  # once per pause: ahead of its point when the judges are idle, else at it
+        if event.judge and self._judge is not None:
             pre_speech = self.config.preroll_ms * INPUT_SAMPLE_RATE_HZ // 1000  # as Smart Turn was trained
             heard = self._heard.last(self._samples_in - self._turn_start + pre_speech)
-            silence = self._samples_in - event.sample_index
-            heard = heard_ahead(heard, event.judged_at - self._samples_in, silence)
-            # a decision not started by the end of the silence window is pointless: the window ends the turn
-            window_left = self.config.turn.min_silence_windows * self.config.turn.window_samples - silence
-            judging = self._judge_pause(event.pause, heard, window_left / INPUT_SAMPLE_RATE_HZ)
+            judging = self._judge_pause(event.pause, heard)
             try:
                 self._tg.create_task(judging, name=f"{self.id}-judge")
             except RuntimeError:  # the call is ending (its task group takes no new work): nothing to judge
@@ -494,10 +488,10 @@ class CallSession:
         self._hold = (hold, stats)
         self._work.put_nowait(_StartReply(stats, self._tail, hold))
 
-    async def _judge_pause(self, pause: int, heard: Samples, useful_s: float) -> None:
+    async def _judge_pause(self, pause: int, heard: Samples) -> None:
         assert self._judge is not None
         try:
-            finished = await self._judge.finished(heard, useful_s)
+            finished = await self._judge.finished(heard)
         except RuntimeError:  # onnxruntime's errors: the silence window decides this turn
             logger.exception("end-of-turn model failed", extra={"session_id": self.id})
             return

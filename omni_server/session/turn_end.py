@@ -7,8 +7,6 @@
   waited longer than its silence window has left is skipped: the window ends that turn first anyway.
   A lone decision runs on every core the model may use (it is on its turn's critical path); one that
   follows another at once (many calls pausing) runs on one, leaving the others to the event loop.
-  When the judges are idle it is asked a little before its pause point, on the pause as it will be
-  (`heard_ahead`), so that its verdict is ready when the pause is; when they are busy, at the point.
 - `Hold`: a reply started speculatively holds its output until the turn is confirmed (`release`), or
   is dropped; it also remembers how much of the reply was ready at the decision.
 - `TurnEnd`: which rule ended a turn and how long after the end of speech, for `response.done`.
@@ -36,7 +34,7 @@ import numpy.typing as npt
 
 from omni_server.media.smart_turn import SmartTurnModel
 
-__all__ = ["Hold", "Kept", "RecentAudio", "SemanticJudge", "TurnEnd", "heard_ahead"]
+__all__ = ["Hold", "Kept", "RecentAudio", "SemanticJudge", "TurnEnd"]
 
 Samples = npt.NDArray[np.float32]
 
@@ -51,40 +49,31 @@ class TurnEnd:
 
 
 class SemanticJudge:
-    """Smart Turn over a call's turn audio, on the judges' one thread so the event loop never waits on it."""
+    """Smart Turn over a call's turn audio, on the judges' one thread so the event loop never waits on it.
 
-    def __init__(self, model: SmartTurnModel, threshold: float) -> None:
+    `useful_s`: how long after it is asked a decision can still end the turn before the silence window
+    does; one that has not started by then is skipped (counted in `skipped`)."""
+
+    def __init__(self, model: SmartTurnModel, threshold: float, useful_s: float = math.inf) -> None:
         self.model = model
         self.threshold = threshold
+        self.useful_s = useful_s
         self.skipped = 0
 
-    @staticmethod
-    def idle() -> bool:
-        """No decision is waiting or running, nor has one just ended: one asked now runs at once, on every core
-        it may use. (Asking ahead of a pause is worth its CPU only then: see `TurnDetector`.)"""
-        judges = _judges()
-        return judges.asked == 0 and time.monotonic() - judges.last_end >= _BACK_TO_BACK_S
-
-    async def finished(self, audio: Samples, useful_s: float = math.inf) -> bool:
-        """True when the model is at least `threshold` sure the speaker has finished. `useful_s`: how long
-        after it is asked a decision can still end the turn before the silence window does; one that has
-        not started by then is skipped (False, counted in `skipped`)."""
+    async def finished(self, audio: Samples) -> bool:
+        """True when the model is at least `threshold` sure the speaker has finished (False when skipped)."""
         asked, judges = time.monotonic(), _judges()
 
         def decide() -> float | None:  # on the judges' thread
             start = time.monotonic()
-            if start - asked > useful_s:
+            if start - asked > self.useful_s:
                 return None
             try:
                 return self.model.complete_probability(audio, crowded=start - judges.last_end < _BACK_TO_BACK_S)
             finally:
                 judges.last_end = time.monotonic()
 
-        judges.asked += 1
-        try:
-            probability = await asyncio.get_running_loop().run_in_executor(judges.thread, decide)
-        finally:
-            judges.asked -= 1
+        probability = await asyncio.get_running_loop().run_in_executor(judges.thread, decide)
         if probability is None:
             self.skipped += 1
             return False
@@ -94,26 +83,12 @@ class SemanticJudge:
 _BACK_TO_BACK_S = 0.1  # a decision starting this soon after the last one ended: the judges are busy
 
 
-def heard_ahead(audio: Samples, ahead: int, silence: int) -> Samples:
-    """The turn's audio as it will be `ahead` samples from now if the silence it ends with (its last
-    `silence` samples) goes on: the newest of that silence, repeated. A judge asked this way before its
-    pause point hears the pause it will decide, whose verdict applies only if the silence does go on
-    (`TurnDetector.end_turn`); the real background of the silence stands in for the rest of it."""
-    tail = audio[len(audio) - min(silence, len(audio)) :]
-    if ahead <= 0 or len(tail) == 0:
-        return audio
-    repeats = -(-ahead // len(tail))
-    return np.concatenate([audio, np.tile(tail, repeats)[len(tail) * repeats - ahead :]])
-
-
 @dataclass
 class _Judges:
-    """The one thread every call's decisions run on; `last_end` is written on it only, `asked` (decisions
-    asked for and not yet answered) on the event loop only."""
+    """The one thread every call's decisions run on; `last_end` is read and written on it only."""
 
     thread: concurrent.futures.ThreadPoolExecutor
     last_end: float = -math.inf
-    asked: int = 0
 
 
 @functools.cache

@@ -19,10 +19,8 @@ Rules (Silero's own ``VADIterator`` semantics, plus a minimum speech length):
   window nearest its duration: a moment, not a minimum), each a ``SpeechPaused`` saying the turn may
   be over. At ``speculate_pause_ms`` (``speculate``) the caller may start a reply speculatively; at
   ``pause_ms`` (``judge``) it may ask a semantic model, whose verdict ``end_turn`` turns into an end
-  (rule ``"semantic"``). The judge may be asked ``judge_ahead_ms`` sooner (``ahead``), to hear the pause
-  as it will be (the caller extends the silence heard so far): its verdict then ends the turn at
-  ``pause_ms``, or at once if it comes later. Two equal points are one event with both flags; a point not shorter than
-  ``min_silence_ms`` is never reached. Each silence that reaches a point is one numbered pause
+  at once (rule ``"semantic"``). Two equal points are one event with both flags; a point not shorter
+  than ``min_silence_ms`` is never reached. Each silence that reaches a point is one numbered pause
   (both its events carry the number), so a late answer about an earlier pause is told apart; speech
   before the silence window is over gives ``SpeechResumed`` for it.
 """
@@ -52,7 +50,6 @@ class TurnConfig:
     min_silence_ms: float = 500.0
     pause_ms: float | None = None  # silence after which to judge whether the turn is over; None: never
     speculate_pause_ms: float | None = None  # silence after which to start a reply speculatively; None: never
-    judge_ahead_ms: float = 0.0  # ask the judge this long before `pause_ms` (at least one window into the silence)
     window_samples: int = 512
     sample_rate_hz: int = 16_000
 
@@ -65,18 +62,11 @@ class TurnConfig:
             object.__setattr__(self, "neg_threshold", neg)
         if not 0.0 < neg <= self.threshold:
             raise ValueError(f"neg_threshold must be in (0, threshold={self.threshold}], got {neg}")
-        durations = (
-            self.min_speech_ms,
-            self.min_silence_ms,
-            self.pause_ms or 0,
-            self.speculate_pause_ms or 0,
-            self.judge_ahead_ms,
-        )
+        durations = (self.min_speech_ms, self.min_silence_ms, self.pause_ms or 0, self.speculate_pause_ms or 0)
         if min(durations) < 0:
             raise ValueError(
-                "min_speech_ms, min_silence_ms, pause_ms, speculate_pause_ms and judge_ahead_ms must be >= 0, got "
-                f"{self.min_speech_ms}, {self.min_silence_ms}, {self.pause_ms}, {self.speculate_pause_ms} and "
-                f"{self.judge_ahead_ms}"
+                "min_speech_ms, min_silence_ms, pause_ms and speculate_pause_ms must be >= 0, "
+                f"got {self.min_speech_ms}, {self.min_silence_ms}, {self.pause_ms} and {self.speculate_pause_ms}"
             )
         if self.window_samples <= 0 or self.sample_rate_hz <= 0:
             raise ValueError(
@@ -97,14 +87,6 @@ class TurnConfig:
     def pause_windows(self) -> int | None:
         """Windows of silence before the pause to judge, or None when the silence window comes first."""
         return self._pause_windows_for(self.pause_ms)
-
-    @property
-    def judge_ask_windows(self) -> int | None:
-        """Windows of silence before the judge is asked: ``judge_ahead_ms`` before the pause, at least one."""
-        pause = self.pause_windows
-        if pause is None:
-            return None
-        return max(1, pause - round(self.judge_ahead_ms * self.sample_rate_hz / 1000.0 / self.window_samples))
 
     @property
     def speculate_pause_windows(self) -> int | None:
@@ -146,17 +128,13 @@ class SpeechStopped:
 
 @dataclass(frozen=True, slots=True)
 class SpeechPaused:
-    """The speech has paused for ``speculate_pause_ms`` (``speculate``), for ``pause_ms`` (``judge``) or
-    both; or it has paused for ``pause_ms`` less ``judge_ahead_ms``, when the judge may be asked ahead
-    (``judge`` and ``ahead``: asked then, it is not asked again at the pause point). ``sample_index`` is
-    the silence's first sample, ``judged_at`` the stream position of the judge's pause point."""
+    """The speech has paused for ``speculate_pause_ms`` (``speculate``), ``pause_ms`` (``judge``) or both;
+    ``sample_index`` is the silence's first sample."""
 
     sample_index: int
     pause: int  # this pause's number (see ``TurnDetector.end_turn``), the same at both points of a silence
     speculate: bool
     judge: bool
-    ahead: bool = False
-    judged_at: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +157,6 @@ class TurnDetector:
         self._min_silence_windows = self.config.min_silence_windows
         self._pause_windows = self.config.pause_windows
         self._speculate_windows = self.config.speculate_pause_windows
-        self._ask_windows = self.config.judge_ask_windows
         self._pauses = 0  # pauses numbered over the detector's life, never reset
         assert self.config.neg_threshold is not None  # filled in by TurnConfig.__post_init__
         self._neg_threshold: float = self.config.neg_threshold
@@ -207,7 +184,6 @@ class TurnDetector:
         self._speech_start: int | None = None  # first window of the candidate or of the current turn
         self._silence_start: int | None = None  # first window of the running silence, while speaking
         self._paused = False  # the running silence has reached a pause point: it is pause number self._pauses
-        self._verdict: int | None = None  # a pause the judge said ends the turn, before its pause point
 
     def feed(self, probs: Iterable[float]) -> list[TurnEvent]:
         """Consume probabilities for the next windows, in order (a list or ``VadStream.feed``'s array)."""
@@ -242,30 +218,19 @@ class TurnDetector:
                 if silent >= self._min_silence_windows:
                     events.append(self._stop("silence"))
                     continue
-                if silent == self._pause_windows and self._paused and self._verdict == self._pauses:
-                    events.append(self._stop("semantic"))  # judged ahead: the verdict was waiting for its point
-                    continue
-                speculate = silent == self._speculate_windows
-                ahead = silent == self._ask_windows and silent != self._pause_windows
-                judge = ahead or silent == self._pause_windows
+                speculate, judge = silent == self._speculate_windows, silent == self._pause_windows
                 if not (speculate or judge):
                     continue
                 if not self._paused:  # the silence's first pause point numbers it
                     self._pauses += 1
                     self._paused = True
                 start = self._silence_start * cfg.window_samples
-                judged_at = start + (self._pause_windows or silent) * cfg.window_samples
-                events.append(SpeechPaused(start, self._pauses, speculate, judge, ahead=ahead, judged_at=judged_at))
+                events.append(SpeechPaused(start, self._pauses, speculate=speculate, judge=judge))
         return events
 
     def end_turn(self, pause: int) -> SpeechStopped | None:
-        """End the turn (rule ``"semantic"``) if the speech is still in pause number ``pause``: now, or, when
-        the judge was asked ahead and its pause point is still to come, there (``feed`` reports it)."""
+        """End the turn now, if the speech is still in pause number ``pause`` (rule ``"semantic"``)."""
         if not (self._speaking and self._paused and pause == self._pauses):
-            return None
-        assert self._silence_start is not None
-        if self._pause_windows is not None and self._window - self._silence_start < self._pause_windows:
-            self._verdict = pause
             return None
         return self._stop("semantic")
 

@@ -36,8 +36,6 @@ def test_bad_values_are_explained(tmp_path: Path) -> None:
         load_settings(["--engine", "gpt"], {})
     with pytest.raises(SystemExit, match="turn_pause_ms"):  # the pause must come before the silence window
         load_settings(["--turn-pause-ms", "900"], {})
-    with pytest.raises(SystemExit, match="turn_judge_ahead_ms"):  # the judge is asked inside the silence
-        load_settings(["--turn-judge-ahead-ms", "200"], {})
     with pytest.raises(SystemExit, match="speculate_pause_ms"):  # speculation never waits for the judge's pause
         load_settings(["--speculate-pause-ms", "300"], {})
     with pytest.raises(SystemExit, match="speculate_pause_ms"):

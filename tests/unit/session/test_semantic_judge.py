@@ -10,7 +10,7 @@ import time
 import numpy as np
 import numpy.typing as npt
 
-from omni_server.session.turn_end import SemanticJudge, heard_ahead
+from omni_server.session.turn_end import SemanticJudge
 
 AUDIO = np.zeros(16_000, dtype=np.float32)
 
@@ -46,8 +46,8 @@ async def test_every_calls_decisions_run_one_at_a_time() -> None:
 async def test_a_decision_too_late_to_matter_is_skipped() -> None:
     """Asked together, the second waits for the first (0.3 s) past its useful 0.1 s: skipped, not run."""
     model = SlowModel(0.3)
-    first, second = SemanticJudge(model, 0.5), SemanticJudge(model, 0.5)
-    verdicts = await asyncio.gather(first.finished(AUDIO, useful_s=0.1), second.finished(AUDIO, useful_s=0.1))
+    first, second = SemanticJudge(model, 0.5, useful_s=0.1), SemanticJudge(model, 0.5, useful_s=0.1)
+    verdicts = await asyncio.gather(first.finished(AUDIO), second.finished(AUDIO))
     assert verdicts == [True, False]
     assert model.calls == 1 and (first.skipped, second.skipped) == (0, 1)
 
@@ -62,27 +62,3 @@ async def test_decisions_back_to_back_run_on_one_core() -> None:
     await asyncio.sleep(0.2)
     await judge.finished(AUDIO)
     assert model.crowded == [False, True, True, False]
-
-
-async def test_the_judges_are_idle_with_no_decision_waiting_running_or_just_ended() -> None:
-    """Only then is a judge asked ahead of its pause (it would otherwise queue, or crowd the cores)."""
-    await asyncio.sleep(0.2)  # other tests' decisions are over
-    assert SemanticJudge.idle()
-    deciding = asyncio.create_task(SemanticJudge(SlowModel(0.1), 0.5).finished(AUDIO))
-    await asyncio.sleep(0)  # asked
-    assert not SemanticJudge.idle()
-    await deciding
-    assert not SemanticJudge.idle()  # one has just ended
-    await asyncio.sleep(0.15)
-    assert SemanticJudge.idle()
-
-
-def test_heard_ahead_goes_on_with_the_newest_of_the_silence() -> None:
-    """A judge asked before its pause point hears the turn extended by the newest of its silence (repeated
-    when the silence so far is shorter than what is missing); nothing missing, nothing added."""
-    speech = np.ones(10, np.float32)
-    silence = np.arange(1, 5, dtype=np.float32) / 100  # 4 samples of quiet background
-    audio = np.concatenate([speech, silence])
-    np.testing.assert_array_equal(heard_ahead(audio, 3, silence=4), np.concatenate([audio, silence[-3:]]))
-    np.testing.assert_array_equal(heard_ahead(audio, 6, silence=4), np.concatenate([audio, silence[-2:], silence]))
-    assert heard_ahead(audio, 0, silence=4) is audio and heard_ahead(audio, 5, silence=0) is audio

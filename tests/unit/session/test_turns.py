@@ -52,7 +52,6 @@ def test_defaults_and_derived_windows() -> None:
         {"min_silence_ms": -1},
         {"pause_ms": -1},
         {"speculate_pause_ms": -1},
-        {"judge_ahead_ms": -1},
         {"window_samples": 0},
         {"sample_rate_hz": 0},
     ],
@@ -265,62 +264,6 @@ def test_speech_between_the_two_pauses_resumes_the_first() -> None:
         (2, True, False),
         (2, False, True),
     ]
-
-
-def _ahead_config() -> TurnConfig:
-    return TurnConfig(pause_ms=200, min_silence_ms=800, judge_ahead_ms=64)
-
-
-AHEAD_WINDOWS = 2  # 64 ms / 32 ms
-
-
-def test_a_judge_asked_ahead_ends_the_turn_at_its_pause_point() -> None:
-    """Asked 64 ms before the 200 ms pause, on the pause as it will be: a verdict that comes before the
-    pause point ends the turn there, with the same end of speech and decision time as one asked at it."""
-    det = TurnDetector(_ahead_config())
-    events = _feed_one_by_one(det, [0.9] * 10 + [0.0] * (PAUSE_WINDOWS - AHEAD_WINDOWS))
-    k, paused = events[1]
-    assert k == 10 + PAUSE_WINDOWS - AHEAD_WINDOWS - 1
-    assert paused == SpeechPaused(10 * W, pause=1, speculate=False, judge=True, ahead=True)
-    assert paused.judged_at == (10 + PAUSE_WINDOWS) * W  # the position the judge hears up to
-    assert det.end_turn(1) is None and det.speaking  # the verdict waits for its point
-    assert det.feed([0.0]) == []
-    (stopped,) = det.feed([0.0])
-    assert isinstance(stopped, SpeechStopped) and stopped.rule == "semantic" and stopped.sample_index == 10 * W
-    assert stopped.decided_at == (10 + PAUSE_WINDOWS) * W and not det.speaking
-
-
-def test_a_verdict_ahead_is_void_when_the_speech_goes_on() -> None:
-    """Speech before the pause point voids the early verdict: the turn goes on, and its next pause is judged anew."""
-    det = TurnDetector(_ahead_config())
-    det.feed([0.9] * 10 + [0.0] * (PAUSE_WINDOWS - AHEAD_WINDOWS))
-    assert det.end_turn(1) is None
-    resumed = det.feed([0.9] * 3)
-    assert [type(e) for e in resumed] == [SpeechResumed] and det.speaking
-    later = det.feed([0.0] * 12)
-    assert [(type(e), getattr(e, "pause", None)) for e in later] == [(SpeechPaused, 2)] * 2  # no stop: not judged
-    stopped = det.end_turn(2)  # after its pause point: at once
-    assert stopped is not None and stopped.decided_at == (10 + PAUSE_WINDOWS - AHEAD_WINDOWS + 3 + 12) * W
-
-
-def test_a_judge_not_asked_ahead_is_asked_at_the_pause_point() -> None:
-    """With no verdict ahead (the judges were busy, or not sure), the pause point is reported as usual."""
-    det = TurnDetector(_ahead_config())
-    events = det.feed([0.9] * 10 + [0.0] * PAUSE_WINDOWS)
-    assert events[1:] == [
-        SpeechPaused(10 * W, pause=1, speculate=False, judge=True, ahead=True),
-        SpeechPaused(10 * W, pause=1, speculate=False, judge=True),
-    ]
-    assert all(e.judged_at == (10 + PAUSE_WINDOWS) * W for e in events[1:] if isinstance(e, SpeechPaused))
-    stopped = det.end_turn(1)
-    assert stopped is not None and stopped.decided_at == (10 + PAUSE_WINDOWS) * W
-
-
-def test_the_judge_is_asked_at_least_one_window_into_the_silence() -> None:
-    """An ahead as long as the pause still asks after one window of silence, never before the silence."""
-    assert TurnConfig(pause_ms=200, judge_ahead_ms=190).judge_ask_windows == 1
-    assert TurnConfig(pause_ms=200).judge_ask_windows == PAUSE_WINDOWS
-    assert TurnConfig().judge_ask_windows is None
 
 
 def test_no_pause_when_the_window_is_not_longer() -> None:
