@@ -20,7 +20,6 @@ Must not import: websockets, aiortc, omni_server.session, omni_server.transport.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 from collections import deque
@@ -176,7 +175,7 @@ class RemoteReply:
     ) -> None:
         self._client, self._conv, self._stream_id = client, conv, stream_id
         self._window = window
-        self._first = _local(first)  # came with reply_open
+        self._first = first  # came with reply_open
         self._pending: deque[asyncio.Task[tuple[OutputChunk | None, Progress | None]]] = deque()
         self._requested = 1
         self.finished = first is None
@@ -223,8 +222,7 @@ class RemoteReply:
             index=index,
             deadline_in_s=relative_deadline(deadline),
         )
-        chunk, progress = result
-        return _local(chunk), progress
+        return result
 
     async def _drop_pending(self, *, cancel: bool) -> None:
         pending, self._pending = list(self._pending), deque()
@@ -240,8 +238,3 @@ class RemoteReply:
 
 def _engine_lost() -> SessionEnded:
     return SessionEnded("The engine serving this call was lost; please call again.", code="engine_lost")
-
-
-def _local(chunk: OutputChunk | None) -> OutputChunk | None:
-    """A chunk from a replica, without the replica's own clock reading (`made_at` is per process)."""
-    return None if chunk is None else dataclasses.replace(chunk, made_at=None)

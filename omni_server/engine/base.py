@@ -133,14 +133,10 @@ class Engine:
 
 @dataclass(frozen=True)
 class OutputChunk:
-    """One piece of a reply as the model produced it: a text delta and 24 kHz speech (maybe empty).
-
-    `made_at`: `time.monotonic()` in this process when the engine finished it (None: not known here), so
-    that a consumer whose event loop was busy meanwhile still knows when the chunk was there."""
+    """One piece of a reply as the model produced it: a text delta and 24 kHz speech (maybe empty)."""
 
     text: str
     audio: npt.NDArray[np.float32]
-    made_at: float | None = field(default=None, compare=False)
 
     @property
     def duration_s(self) -> float:

@@ -34,7 +34,6 @@ Must not import: sockets, websockets, aiortc, omni_server.session, omni_server.t
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import heapq
 import itertools
 import logging
@@ -435,10 +434,7 @@ class ReplyStream:
             last = self._worker.first_step_s
             self._worker.first_step_s = self.step_s if last is None else 0.7 * last + 0.3 * self.step_s
         self.steps += 1
-        if item is _END:
-            return _END
-        chunk = to_output_chunk(item, self._worker.engine.clean_text)
-        return dataclasses.replace(chunk, made_at=time.monotonic())
+        return _END if item is _END else to_output_chunk(item, self._worker.engine.clean_text)
 
     def _drop_ahead(self) -> None:
         if self._ahead is not None:

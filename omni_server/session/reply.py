@@ -314,7 +314,7 @@ class Reply:
                 except ReplyFailed as e:  # kept to say once the turn is confirmed, after what was made
                     self.failure = e.message
                     chunk = None
-                held.append((chunk, self._made_at(chunk)))
+                held.append((chunk, self._clock()))
                 hold.chunks += chunk is not None
                 hold.audio_s += 0.0 if chunk is None else chunk.duration_s
         finally:
@@ -338,7 +338,7 @@ class Reply:
                 chunk, made_at = held.pop(0)
             else:
                 chunk = await self._next(stream, self.chunk_deadline(step_s))
-                made_at = self._made_at(chunk)
+                made_at = self._clock()
             if chunk is None:
                 break
             if self.arrivals:  # the first chunk's cost says nothing about later ones
@@ -363,15 +363,6 @@ class Reply:
                 self.status = "interrupted"
                 return
         await self._release()  # a reply shorter than the hold: nothing more is coming
-
-    def _made_at(self, chunk: OutputChunk | None) -> float:
-        """When `chunk` was there, on this reply's clock: now, less the time it waited for the event loop
-        after the engine made it. (Taken as now, a first chunk that waited ~0.1 s behind a busy loop taught
-        `LeadIn` that the next replies need no start-up hold, and they ran dry after their first chunk.)"""
-        now = self._clock()
-        if chunk is None or chunk.made_at is None:
-            return now
-        return now - max(0.0, time.monotonic() - chunk.made_at)
 
     async def _next(self, stream: ReplyChunks, deadline: float) -> OutputChunk | None:
         """The next chunk (or the one a speculation was making when it was released); audio held back

@@ -138,27 +138,6 @@ async def test_unmeasured_hold_ends_with_the_second_chunk() -> None:
     assert not lead_in.measured  # both chunks were there before the first had played: the pace untested
 
 
-async def test_a_first_chunk_that_waited_for_a_busy_loop_teaches_its_real_need() -> None:
-    """Chunks come at the real model's pace (0.448 s of speech, then 0.085 s a step later, then 0.533 s a
-    step after that: a 0.107 s need), but the first reached the event loop 0.15 s after the engine made
-    it. Measured from when it was made, the need is learned; measured from when the loop saw it, it
-    looked like none, and the next replies ran dry after their first chunk."""
-    lead_in = LeadIn(max_s=5.0)
-    step_s = 0.32
-
-    async def script(reply: Reply, stream: Stream, sink: Sink) -> None:
-        await stream.chunks.put(OutputChunk("", STEP[:10_752], made_at=time.monotonic() - 0.15))
-        await asyncio.sleep(step_s - 0.15)
-        await stream.chunks.put(OutputChunk("", STEP[:2_048]))
-        await asyncio.sleep(step_s)
-        await stream.chunks.put(OutputChunk("", STEP))
-        await stream.chunks.put(None)
-
-    await _play(lead_in, script)
-    (need,) = lead_in.needs
-    assert abs(need - (2 * step_s - (10_752 + 2_048) / 24_000)) < 0.03
-
-
 async def test_barge_in_during_the_hold_sends_nothing() -> None:
     """Interrupted while its first chunk is held, a reply writes no audio and flushes the sink."""
     lead_in = LeadIn(max_s=5.0)
