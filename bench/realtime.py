@@ -52,6 +52,8 @@ import soundfile as sf
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests import speech as speech_fixtures
+
 INPUT_RATE_HZ = 16000
 PIECE_SAMPLES = 320  # 20 ms, what a browser worklet sends
 PIECE_S = PIECE_SAMPLES / INPUT_RATE_HZ
@@ -102,7 +104,7 @@ def espeak(workdir: Path, text: str) -> Samples:
     """espeak-ng speech resampled by sox to 16 kHz mono 16-bit, cut after its last loud sample."""
     raw, wav = workdir / "raw.wav", workdir / "speech.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text], check=True)
-    subprocess.run(["sox", str(raw), "-r", str(INPUT_RATE_HZ), "-c", "1", "-b", "16", str(wav)], check=True)
+    speech_fixtures.to_pcm16(raw, wav, INPUT_RATE_HZ)
     speech, rate = sf.read(wav, dtype="float32")
     assert rate == INPUT_RATE_HZ
     loud = np.flatnonzero(np.abs(speech) >= SPEECH_END_THRESHOLD * float(np.max(np.abs(speech))))

@@ -20,14 +20,17 @@ def have_tools() -> bool:
     return shutil.which("espeak-ng") is not None and shutil.which("sox") is not None
 
 
+def to_pcm16(raw: Path, out: Path, rate_hz: int, *effects: str) -> None:
+    """sox: `raw` as `rate_hz` mono 16-bit in `out`, then `effects`. Without dither (`-D`): sox's random
+    dither made each fixture differ from run to run, and Smart Turn's verdicts on it with them."""
+    subprocess.run(["sox", "-D", str(raw), "-r", str(rate_hz), "-c", "1", "-b", "16", str(out), *effects], check=True)
+
+
 def make_speech_wav(text: str, path: Path, *, rate_hz: int = 16000, pad_s: float = 0.5) -> Path:
     """espeak-ng speech, resampled by sox to `rate_hz` mono 16-bit, with silence on both sides."""
     raw = path.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text], check=True)
-    subprocess.run(
-        ["sox", "-D", str(raw), "-r", str(rate_hz), "-c", "1", "-b", "16", str(path), "pad", str(pad_s), str(pad_s)],
-        check=True,
-    )
+    to_pcm16(raw, path, rate_hz, "pad", str(pad_s), str(pad_s))
     raw.unlink()
     return path
 
@@ -51,7 +54,7 @@ def make_paused_speech_wav(
         raw, trimmed = path.with_suffix(f".{i}.raw.wav"), path.with_suffix(f".{i}.wav")
         subprocess.run(["espeak-ng", "-v", VOICES[language], "-s", "150", "-w", str(raw), text], check=True)
         trim = ["silence", "1", "0.01", "0.5%", "reverse", "silence", "1", "0.01", "0.5%", "reverse"]
-        subprocess.run(["sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(trimmed), *trim], check=True)
+        to_pcm16(raw, trimmed, 16000, *trim)
         raw.unlink()
         pieces.append(load_f32(trimmed))
         trimmed.unlink()
