@@ -5,7 +5,7 @@ latency (a second before the first audio, speech made at 0.6 of real time). `Eng
 model sleep, on the thread that calls it (the engine worker), as long as MiniCPM-o 2.6 would compute:
 
 - `prefill_s_per_unit` per second of input audio and `prefill_s_per_frame` per image in a prefill;
-- `first_chunk_s` once per reply, before its first output chunk;
+- `first_chunk_s` once per reply, before its first output chunk (with speech: on top of the first TTS step);
 - `audio_rtf` × the audio each TTS step decodes (25 codes = 12,800 samples = 0.533 s), before the chunk
   that step releases. The real model yields one step behind (10,752 samples, then the 2,048-sample
   cross-fade, then 12,800 per step, then the held-back rest at no cost), so its second chunk costs a whole
@@ -94,15 +94,16 @@ class EngineCost:
         self._sleep(self.prefill_s_per_unit * audio_s + self.prefill_s_per_frame * frames)
 
     def on_first_chunk(self) -> None:
-        """Sleep before the first chunk of a reply."""
+        """Sleep before the first chunk of a reply (one with speech: `on_tts_step(first=True)`)."""
         self._sleep(self.first_chunk_s)
 
-    def on_tts_step(self, audio_s: float, since: float | None = None) -> None:
-        """Sleep for a TTS step that decodes `audio_s` seconds of speech; the tiny model's own compute since
-        `since` (`clock()` when the step's work began) counts toward it, so that on a slow or busy CPU a
-        step takes the published time, not the published time plus the stand-in's."""
+    def on_tts_step(self, audio_s: float, since: float | None = None, *, first: bool = False) -> None:
+        """Sleep for a TTS step that decodes `audio_s` seconds of speech (and, for a reply's `first` step,
+        the model's time before its first chunk); the tiny model's own compute since `since` (`clock()`
+        when the step's work began) counts toward it, so that on a slow or busy CPU a step takes the
+        published time, not the published time plus the stand-in's."""
         spent = 0.0 if since is None else max(0.0, self.clock() - since)
-        self._sleep(self.audio_rtf * audio_s - spent)
+        self._sleep((self.first_chunk_s if first else 0.0) + self.audio_rtf * audio_s - spent)
 
     def on_text_chunk(self) -> None:
         """Sleep before a text-only chunk."""

@@ -174,9 +174,7 @@ class NullOmniModel:
         per_yield = -(-len(chunks) // steps)
         for step in range(steps):
             said = chunks[step * per_yield : (step + 1) * per_yield]
-            if step == 0:
-                self.cost.on_first_chunk()
-            self.cost.on_tts_step(_STEP / OUTPUT_SAMPLE_RATE_HZ)
+            self.cost.on_tts_step(_STEP / OUTPUT_SAMPLE_RATE_HZ, first=step == 0)
             self._grow(start, min(len(chunks), (step + 1) * per_yield), len(chunks))
             wav = _NOISE[:-CROSSFADE] if step == 0 else _NOISE[-CROSSFADE:] if step == 1 else _NOISE
             yield OmniOutput(text="".join(said), audio_wav=wav, sampling_rate=OUTPUT_SAMPLE_RATE_HZ)

@@ -70,7 +70,8 @@ def test_sleeps_scale_with_the_work() -> None:
     cost.on_first_chunk()
     cost.on_tts_step(0.4)
     cost.on_text_chunk()
-    assert rec.calls == pytest.approx([0.09, 0.7, 0.2])
+    cost.on_tts_step(0.4, first=True)  # a reply's first step with speech: its time to the first chunk too
+    assert rec.calls == pytest.approx([0.09, 0.7, 0.2, 0.9])
 
 
 def test_with_sleep_keeps_the_costs() -> None:

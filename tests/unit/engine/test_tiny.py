@@ -392,12 +392,31 @@ def test_abandoned_reply_then_prefill_works_but_never_resumes(engine: Engine) ->
 # --- cost emulation --------------------------------------------------------------------------------------
 
 
+class FakeTime:
+    """A clock that only sleeping moves: the tiny model's compute takes no time, its emulated cost all of it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
 def test_cost_sleeps_for_prefill_first_chunk_and_audio() -> None:
-    """With a cost, prefill sleeps per second and frame, a reply before its first chunk, and every TTS step
-    rtf × the speech it decodes: the 2048-sample second chunk costs a whole step, the held-back last one nothing."""
-    slept: list[float] = []
+    """With a cost, prefill sleeps per second and frame, the first TTS step the time to a reply's first chunk
+    plus rtf × its speech, and every later step rtf × the speech it decodes: the 2048-sample second chunk
+    costs a whole step, the held-back last one nothing. (The time before the first chunk once counted as
+    the first step's compute and swallowed its cost: first audio came first_chunk_s after the start, not
+    first_chunk_s + a step.)"""
+    time = FakeTime()
     cost = EngineCost.parse("prefill_s_per_unit=0.02,prefill_s_per_frame=0.05,first_chunk_s=0.7,audio_rtf=0.5")
-    engine = build_tiny_engine(seed=0, cost=cost.with_sleep(slept.append, clock=lambda: 0.0))  # compute free
+    engine = build_tiny_engine(seed=0, cost=cost.with_sleep(time.sleep, clock=time.clock))
+    slept = time.slept
     model = model_of(engine)
     model.streaming_prefill("s1", [model.get_sys_prompt(None, "default", "en")], engine.tokenizer)
     model.streaming_prefill("s1", user("<unit>", FRAME, SECOND), engine.tokenizer)
@@ -407,8 +426,8 @@ def test_cost_sleeps_for_prefill_first_chunk_and_audio() -> None:
     sizes = [len(r.audio_wav) for r in items]
     assert sizes[:3] == [10752, 2048, 12800]
     steps = [10752 + 2048, *sizes[2:-1], sizes[-1]]  # step k's speech comes out in yield k + 1
-    assert slept == pytest.approx([0.7] + [0.5 * n / 24_000 for n in steps])
-    assert len(slept) == len(items)  # one sleep per step, none for the held-back remainder
+    assert slept == pytest.approx([0.7 + 0.5 * steps[0] / 24_000] + [0.5 * n / 24_000 for n in steps[1:]])
+    assert len(slept) == len(items) - 1  # one sleep per step, none for the held-back remainder
 
 
 def test_cost_sleeps_per_text_chunk_without_audio() -> None:
