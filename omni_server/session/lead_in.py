@@ -8,10 +8,14 @@ first chunk back by that deficit removes the hole and costs no more than it.
 
 The deficit is measured, not assumed: for every reply, `observe` takes when each audio chunk became
 available and how long it plays, and works out the least start-up delay that would have kept every later
-chunk in time (`needed_s`). The next replies hold their first chunk for the largest need among the recent
-replies, a quarter more and a margin, at most `max_s`: a slower or busier engine holds what it needs. A
-reply whose audio was all there before its first chunk had played never tested the pace and teaches
-nothing: a fast engine's (the tiny one, a faster GPU), or one the model ended after two TTS steps.
+chunk in time (`needed_s`). A reply that ended by itself is judged without its last two chunks: they come
+out of the model's final TTS step, often a short one (the speech ended after a few codes), and the audio
+held back for the cross-fade, at no cost, so they come sooner than the pace; counted, a reply whose speech
+ended at its third step taught "no hold" and the next reply ran dry after its first chunk. The next
+replies hold their first chunk for the largest need among the recent replies, a quarter more and a
+margin, at most `max_s`: a slower or busier engine holds what it needs. A reply whose audio was all
+there before its first chunk had played never tested the pace and teaches nothing: a fast engine's (the
+tiny one, a faster GPU).
 Before anything is measured, the first chunk waits for the second, at most `max_s` (with a fast
 engine, no time at all).
 
@@ -82,17 +86,17 @@ class LeadIn:
             return 0.0
         return min(self.max_s, need * 1.25 + self.margin_s)
 
-    def observe(self, chunks: Sequence[Arrival]) -> float | None:
-        """Learn from one reply's audio chunks, in order; returns its need (None: nothing to tell, too few
-        chunks or all of them there before the first had played)."""
+    def observe(self, chunks: Sequence[Arrival], *, ended: bool = True) -> float | None:
+        """Learn from one reply's audio chunks, in order (`ended`: the model finished it, rather than being
+        stopped); returns its need (None: nothing to tell, too few chunks or all of them there before the
+        first had played)."""
+        if ended:
+            chunks = chunks[:-2]  # the final step's: see the module docstring
         if len(chunks) < 2:
             return None
         need = needed_s(chunks)
         first_at, first_s = chunks[0]
         if need <= 0 and chunks[-1][0] <= first_at + first_s:
-            # Everything was there before the first chunk had played: the reply never tested the pace. A
-            # reply the model ended after two TTS steps (its held-back rest comes at once) looks like this
-            # at any pace, and learning "no hold" from it left the next, longer reply with a 0.1 s hole.
-            return None
+            return None  # everything was there before the first chunk had played: the pace was never tested
         self._needs.append(need)
         return need

@@ -276,7 +276,7 @@ class Reply:
             if stream is not None:
                 await asyncio.shield(stream.close())
             if self._lead_in is not None and not self._waited:  # a reply that waited says nothing of the pace
-                self._lead_in.observe(self.arrivals)
+                self._lead_in.observe(self.arrivals, ended=self.status == "completed")
             self.output_tokens = max(0, conv.context_tokens - before)
             if self.heard:  # a speculation never released has said nothing and leaves no trace
                 try:

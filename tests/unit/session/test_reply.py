@@ -98,7 +98,7 @@ async def _play(lead_in: LeadIn, script: Any, hold: Hold | None = None) -> tuple
 async def test_first_audio_waits_for_the_learned_hold_then_chunks_go_at_once() -> None:
     """With a measured need, the first chunk is written `hold_s` after it came; the next ones on arrival."""
     lead_in = LeadIn(margin_s=0.04, max_s=0.5)
-    lead_in.observe([(0.0, 0.4), (0.5, 0.1)])  # needed 0.1 s: holds 0.1 × 1.25 + 0.04
+    lead_in.observe([(0.0, 0.4), (0.5, 0.1)], ended=False)  # needed 0.1 s: holds 0.1 × 1.25 + 0.04
     hold_s = lead_in.hold_s()
     came: list[float] = []
 
@@ -205,7 +205,7 @@ async def test_a_released_speculation_goes_out_without_waiting_for_the_chunk_in_
     """What a speculation made goes out from its release (after the start-up hold, counted from when its first
     chunk was made), not once the chunk the model was making meanwhile is done; it teaches the LeadIn too."""
     lead_in = LeadIn(margin_s=0.04, max_s=0.5)
-    lead_in.observe([(0.0, 0.4), (0.5, 0.1)])  # holds ~0.17 s
+    lead_in.observe([(0.0, 0.4), (0.5, 0.1)], ended=False)  # holds ~0.17 s
     hold_s = lead_in.hold_s()
     hold = Hold(response_id="resp_1")
     made: list[float] = []
@@ -236,7 +236,7 @@ async def test_a_speculation_released_late_teaches_the_engines_own_pace() -> Non
     """A speculation confirmed long after its chunks were made goes out at once, and the LeadIn learns the need
     from when the model made them: counted from the release, a slow engine would look as if it needed nothing."""
     lead_in = LeadIn(margin_s=0.04, max_s=0.5)
-    lead_in.observe([(0.0, 0.4), (0.5, 0.1)])
+    lead_in.observe([(0.0, 0.4), (0.5, 0.1)], ended=False)
     hold = Hold(response_id="resp_1")
     short = STEP[:2_400]  # 0.1 s: the next chunk, made 0.3 s later, comes 0.2 s after it has played
     released: list[float] = []
@@ -251,7 +251,8 @@ async def test_a_speculation_released_late_teaches_the_engines_own_pace() -> Non
         released.append(time.monotonic())
         hold.release(released[0], released[0] + 1.0)
         await asyncio.wait_for(sink.wrote.wait(), timeout(5))
-        await stream.chunks.put(None)
+        for chunk in (STEP, short, None):  # the reply's last TTS step (it teaches nothing of the pace)
+            await stream.chunks.put(None if chunk is None else OutputChunk("", chunk))
 
     _, sink, _ = await _play(lead_in, script, hold)
     assert sink.writes[0][0] - released[0] < timeout(0.05)  # past its hold already: out at the release
