@@ -68,7 +68,7 @@ export function newTrace() {
     flushes: 0,
     underruns: 0,
     subtitleChars: 0,
-    replies: [], // {id, text, shown, playedS, interrupted}: what was received and what was shown as heard
+    replies: [], // {id, text, shown, playedS, interrupted, withdrawn}: what was received and what was shown as heard
     typed: 0,
     buttonInterrupts: 0,
     userTurns: [], // seconds of speech in each of the user's turns, as the server's VAD cut them
@@ -509,6 +509,7 @@ export class Call {
   /** The user had only paused: the reply is withdrawn, its words removed, and the turn goes on. */
   onResponseCancelled(e) {
     if (!this.response || e.response_id !== this.response.id) return;
+    this.response.withdrawn = true;
     this.interrupt();
     this.view.removeLine(this.response.line);
   }

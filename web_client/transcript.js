@@ -34,6 +34,7 @@ export class Reply {
     this.text = ""; // everything received
     this.shownChars = 0; // how much of it is shown as heard (never shrinks)
     this.interrupted = false;
+    this.withdrawn = false; // response.cancelled: the user had only paused, its words were never meant
     this.cut = false; // its heard words are final: interrupted, or the call ended
     this.gotAudio = false;
     this.done = false; // response.done arrived: the text and `audioS` are complete
@@ -65,9 +66,10 @@ export class Reply {
 
   /** What the call's trace keeps of it (`charsPerS`: the speech rate its words were revealed at). */
   summary(playedS, charsPerS) {
-    const { id, text, audioS, interrupted } = this;
+    const { id, text, audioS, interrupted, withdrawn } = this;
     const round = (x, places) => Math.round(x * 10 ** places) / 10 ** places;
-    return { id, text, shown: this.shown(), playedS: round(playedS, 3), audioS, interrupted, charsPerS: round(charsPerS, 2) };
+    const shown = this.shown();
+    return { id, text, shown, playedS: round(playedS, 3), audioS, interrupted, withdrawn, charsPerS: round(charsPerS, 2) };
   }
 }
 
