@@ -11,7 +11,11 @@ available and how long it plays, and works out the least start-up delay that wou
 chunk in time (`needed_s`). A reply that ended by itself is judged without its last two chunks: they come
 out of the model's final TTS step, often a short one (the speech ended after a few codes), and the audio
 held back for the cross-fade, at no cost, so they come sooner than the pace; counted, a reply whose speech
-ended at its third step taught "no hold" and the next reply ran dry after its first chunk. The next
+ended at its third step taught "no hold" and the next reply ran dry after its first chunk. In their place
+comes one more chunk, as long after the last one kept as that one came after the chunk before it (the
+step the model would have taken had the reply gone on): a reply that ended at its third step still
+teaches the hole after its second chunk, and a new server's first replies need not wait, as before
+anything is measured, for their second chunk (0.32 s at the real pace, where 0.17 s is enough). The next
 replies hold their first chunk for the largest need among the recent replies, a quarter more and a
 margin, at most `max_s`: a slower or busier engine holds what it needs. A reply whose audio was all
 there before its first chunk had played never tested the pace and teaches nothing: a fast engine's (the
@@ -90,8 +94,11 @@ class LeadIn:
         """Learn from one reply's audio chunks, in order (`ended`: the model finished it, rather than being
         stopped); returns its need (None: nothing to tell, too few chunks or all of them there before the
         first had played)."""
-        if ended:
-            chunks = chunks[:-2]  # the final step's: see the module docstring
+        if ended:  # the final step's two chunks, for one more whole step: see the module docstring
+            chunks = chunks[:-2]
+            if len(chunks) >= 2:
+                (before, _), (last, _) = chunks[-2:]
+                chunks = [*chunks, (2 * last - before, 0.0)]
         if len(chunks) < 2:
             return None
         need = needed_s(chunks)

@@ -50,19 +50,19 @@ def test_replies_that_never_tested_the_pace_teach_nothing() -> None:
     assert lead_in.needs == (pytest.approx(0.107, abs=1e-3),)
 
 
-def test_a_reply_is_judged_without_its_final_step() -> None:
+def test_a_reply_is_judged_without_its_final_step_and_with_one_more_whole_one() -> None:
     """A reply whose speech ended at its third TTS step, after 15 codes: that step's chunk (the 12800 samples
-    of the step before) comes 0.19 s after the second, and the rest at once. Counted, they said "no hold"
-    (the need of a reply that ran no further than its third step), and the next reply ran dry after its
-    first chunk (CI, once the stand-in's first chunk took its real time); its first two chunks teach nothing."""
+    of the step before) comes 0.19 s after the second, and the rest at once. Counted, they said "no hold",
+    and the next reply ran dry after its first chunk (CI, once the stand-in's first chunk took its real
+    time). In their place a third chunk one whole step after the second teaches the real pace's need."""
     short = ended(REAL_PACE[:2], codes=15)  # as the gap test saw it
     assert needed_s(short) == 0.0 and short[-1][0] > short[0][0] + short[0][1]  # looked like a tested pace
     lead_in = LeadIn()
-    assert lead_in.observe(short) is None and not lead_in.measured
+    assert lead_in.observe(short) == pytest.approx(0.107, abs=1e-3)
     assert lead_in.observe(ended(REAL_PACE, codes=15)) == pytest.approx(0.107, abs=1e-3)
-    assert lead_in.observe(short) is None and lead_in.hold_s() > 0.1
-    # Stopped by barge-in, a reply's last chunks came out of whole steps: they count.
-    assert lead_in.observe(REAL_PACE, ended=False) == pytest.approx(0.107, abs=1e-3)
+    # Stopped by barge-in, a reply's last chunks came out of whole steps: they count, and only they.
+    assert lead_in.observe(REAL_PACE[:3], ended=False) == pytest.approx(0.107, abs=1e-3)
+    assert lead_in.observe(REAL_PACE[:2], ended=False) is None  # the second chunk came before the first had played
 
 
 def test_hold_is_the_largest_recent_need_a_quarter_more_and_margin_capped() -> None:
